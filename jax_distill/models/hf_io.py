@@ -333,6 +333,6 @@ def save_folder(
     if tokenizer_from is not None:
         for name in TOKENIZER_FILES:
             src = Path(tokenizer_from) / name
-            if src.exists():
+            if src.exists() and src.resolve() != (folder / name).resolve():
                 shutil.copy(src, folder / name)
     return folder
