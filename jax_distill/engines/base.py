@@ -1,0 +1,70 @@
+"""The one small interface every text generator implements: chat requests + sampling params -> n
+completions each, with token counts and the reasoning separated from the final answer.
+
+Implementations: engines/vllm_engine.py (offline vllm.LLM and an OpenAI-compatible server client),
+engines/jax_engine.py (the project's JAX sampler), engines/procedural.py (a stand-in teacher for
+machines without a big model). Stages only call `generate` and `count_tokens`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    n: int = 1                    # completions per request (K in the paper)
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = -1               # -1 = off (vLLM convention)
+    max_tokens: int = 4096        # completion tokens per sample
+    seed: int | None = 0          # base seed; engines derive per-request seeds from it deterministically
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.n < 1 or self.max_tokens < 1 or self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"invalid sampling params: {self}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["stop"] = list(self.stop)
+        return d
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    text: str                     # everything the model generated (reasoning markup included)
+    reasoning: str                # the reasoning only, without <think> tags / harmony channel markup
+    answer_text: str              # the final answer part (after </think>, harmony "final" channel)
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str            # "stop" | "length" | "error"
+
+
+Messages = list[dict]             # [{"role": "system"|"user"|"assistant", "content": str}, ...]
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str                     # engine kind, e.g. "vllm", "openai", "jax", "procedural"
+    model: str                    # model path / name, recorded in provenance
+    tokenizer: Any                # HF tokenizer of the model, or None
+
+    def generate(self, requests: list[Messages], params: SamplingParams) -> list[list[Completion]]:
+        """One list of `params.n` completions per request, in request order."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` in this engine's tokenizer (no special tokens added)."""
+        ...
+
+
+def request_seed(base: int | None, key: str) -> int | None:
+    """A per-request seed derived from the base seed and a stable key (e.g. a prompt hash), so a sample's
+    randomness does not depend on which batch or shard it was generated in."""
+    import hashlib
+
+    if base is None:
+        return None
+    return int.from_bytes(hashlib.sha256(f"{base}:{key}".encode()).digest()[:4], "big") & 0x7FFFFFFF
