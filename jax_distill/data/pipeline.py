@@ -1,0 +1,421 @@
+"""The training input pipeline: trace records -> packed, masked token rows, as one Grain chain.
+
+  source (JSONL/Parquet records) -> this host's share (records i, i+n, ...) -> shuffle(seed, new order
+  each epoch) -> repeat(epochs) -> format (validate, chat template, tokenize, mask, over-long policy)
+  -> [worker processes] -> count (skips by reason, in the main process) -> pack (Grain first-fit /
+  best-fit: segment ids 1..k per row, positions restarting at 0) -> batch -> finish (names, full
+  batches, token counts)
+
+Every stage is a Grain transform whose iterator state is plain JSON, so `iterator.get_state()` saved
+in a checkpoint and `set_state()` on a fresh iterator continue at exactly the next batch, statistics
+included. Nothing is dropped silently: bad records are counted by reason with the file and line of the
+first few (or raise DataError with `strict`), over-long examples are counted as dropped or truncated.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+from typing import Any
+
+import grain
+import numpy as np
+from ml_collections import ConfigDict
+
+from jax_distill.data.chat import ChatFormat, DataError
+from jax_distill.data.sources import RecordSource, resolve_files
+
+log = logging.getLogger(__name__)
+
+# Why a record was skipped. "overlong_dropped" follows data.overlong; all others are bad records
+# (DataError instead of a skip when data.strict is set).
+SKIP_REASONS = (
+    "invalid_utf8",  # bytes that are not UTF-8 (or lone surrogates in JSON escapes)
+    "invalid_json",  # a JSONL line that does not parse, or is not an object
+    "missing_field",  # a mapped field (question, trace, answer) absent or null
+    "wrong_type",  # a mapped field that is not a string
+    "empty_field",  # empty question or answer
+    "empty_trace",  # empty trace for a variant in data.trace_required (raw, compressed)
+    "overlong_dropped",  # longer than seq_len (or, truncated, no assistant token left)
+)
+FIRST_FEW = 5  # locations kept per reason for the report
+
+
+def data_config() -> ConfigDict:
+    """Data fields of a training config (`config.data`), with defaults."""
+    c = ConfigDict()
+    c.path = ""  # trace files: comma-separated paths, globs or directories; gs:// allowed
+    c.format = "auto"  # auto (by suffix: .jsonl/.json/.ndjson, .parquet/.pq) | jsonl | parquet
+    c.fields = ConfigDict(  # record field names (dotted for nested: "meta.question")
+        dict(question="question", trace="trace", answer="answer", id="id", variant="variant")
+    )
+    c.trace_required = "raw,compressed"  # variants whose empty trace is a bad record ("empty_trace")
+    c.default_variant = "raw"  # variant of records without the variant field
+    c.system = ""  # optional system message before the question
+    c.template = "auto"  # chat (tokenizer's template) | fallback (chat.FALLBACK_TEMPLATE) | auto
+    c.template_date = "2026-01-01"  # what strftime_now gives templates that stamp a date: same tokens every run
+    c.template_kwargs = ConfigDict()  # extra chat-template variables (e.g. reasoning_effort for gpt-oss)
+    c.end_of_turn = ""  # token ending the assistant turn; "" = the last special token the template writes
+    c.pack = "first_fit"  # first_fit | best_fit | none (one example per row)
+    c.pack_bins = 0  # rows filled at once before they are emitted; 0 = batch_size
+    c.overlong = "drop"  # drop | truncate (keep the first seq_len tokens)
+    c.strict = False  # bad records raise DataError (file, line, field) instead of a counted skip
+    c.shuffle = True  # full random-access shuffle, a new order each epoch
+    c.shuffle_seed = -1  # -1 = the seed given to make_dataset (the training seed)
+    c.num_epochs = 1  # 0 = repeat forever (train for a number of steps)
+    c.workers = 0  # Grain worker processes for formatting/tokenizing (0 = in the main process)
+    c.read_threads = 4  # threads reading and formatting records ahead (per process)
+    return c
+
+
+@dataclasses.dataclass
+class DataStats:
+    """What the pipeline read, skipped, truncated and packed so far (updated as batches are drawn)."""
+
+    files: list[str]
+    read: int = 0  # records read, usable or not
+    used: int = 0  # examples that went into rows
+    truncated: int = 0  # over-long examples cut to seq_len (policy "truncate"); included in `used`
+    skipped: dict[str, int] = dataclasses.field(default_factory=lambda: {r: 0 for r in SKIP_REASONS})
+    first: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # reason -> first locations
+    batches: int = 0
+    rows: int = 0  # rows with at least one example
+    real_tokens: int = 0  # non-pad input tokens
+    loss_tokens: int = 0  # targets with loss_mask 1
+    pad_tokens: int = 0  # padding in emitted batches (all-pad filler rows of a last batch included)
+
+    @property
+    def packing_efficiency(self) -> float:
+        """Non-pad fraction of all token slots emitted."""
+        total = self.real_tokens + self.pad_tokens
+        return self.real_tokens / total if total else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {k: copy.deepcopy(v) for k, v in dataclasses.asdict(self).items() if k != "files"}
+        d["packing_efficiency"] = self.packing_efficiency
+        d["skipped_total"] = sum(self.skipped.values())
+        return d
+
+    def summary(self) -> str:
+        """One report line plus the first locations of each skip reason."""
+        skipped = ", ".join(f"{r}={n}" for r, n in self.skipped.items() if n) or "none"
+        lines = [
+            f"data: read {self.read}, used {self.used}, truncated {self.truncated}, skipped {skipped}; "
+            f"{self.batches} batches, packing efficiency {self.packing_efficiency:.3f}, "
+            f"{self.real_tokens} real tokens, {self.loss_tokens} loss tokens"
+        ]
+        for reason, where in self.first.items():
+            lines.append(f"  {reason}: {'; '.join(where)}")
+        return "\n".join(lines)
+
+    def _records_state(self) -> dict:
+        return dict(read=self.read, used=self.used, truncated=self.truncated, skipped=dict(self.skipped),
+                    first={k: list(v) for k, v in self.first.items()})
+
+    def _tokens_state(self) -> dict:
+        return dict(batches=self.batches, rows=self.rows, real_tokens=self.real_tokens,
+                    loss_tokens=self.loss_tokens, pad_tokens=self.pad_tokens)
+
+    def _load(self, state: dict) -> None:
+        for k, v in copy.deepcopy(state).items():
+            setattr(self, k, v)
+
+
+def batch_stats(batch: dict[str, np.ndarray]) -> dict[str, float]:
+    """Per-batch numbers for step metrics: real tokens, loss tokens, packing efficiency."""
+    real = int((batch["segment_ids"] > 0).sum())
+    return dict(real_tokens=real, loss_tokens=int(batch["loss_mask"].sum()),
+                packing_efficiency=real / batch["segment_ids"].size)
+
+
+# ----------------------------------------------------------------------------- records -> examples
+
+
+def _get(record: dict, dotted: str):
+    node: Any = record
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+class _Skip(Exception):
+    def __init__(self, reason: str, field: str = "", detail: str = ""):
+        super().__init__(reason)
+        self.reason, self.field, self.detail = reason, field, detail
+
+
+def _text(record: dict, field: str) -> str:
+    value = _get(record, field)
+    if value is None:
+        raise _Skip("missing_field", field, "absent or null")
+    if isinstance(value, bytes):  # Parquet binary columns
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise _Skip("invalid_utf8", field, f"byte {e.start}") from None
+    if not isinstance(value, str):
+        raise _Skip("wrong_type", field, f"expected a string, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates from "\ud800" escapes
+        raise _Skip("invalid_utf8", field, "lone surrogate") from None
+    return value
+
+
+class _Format:
+    """Record -> example (tokens/targets/loss_mask) or a skip marker; runs in threads or workers."""
+
+    def __init__(self, chat: ChatFormat, cfg: ConfigDict, seq_len: int, files: list[str], formats: list[str]):
+        self.chat, self.seq_len = chat, seq_len
+        self.fields = cfg.fields.to_dict()
+        self.trace_required = {v.strip() for v in cfg.trace_required.split(",") if v.strip()}
+        self.default_variant = cfg.default_variant
+        self.truncate = cfg.overlong == "truncate"
+        self.strict = cfg.strict
+        self.files, self.formats = files, formats
+
+    def where(self, element: dict) -> str:
+        unit = "line" if self.formats[element["file"]] == "jsonl" else "row"
+        return f"{self.files[element['file']]}:{unit} {element['line']}"
+
+    def __call__(self, element: dict) -> dict:
+        try:
+            return self._example(element)
+        except _Skip as s:
+            if self.strict and s.reason != "overlong_dropped":
+                field = f" field {s.field!r}:" if s.field else ""
+                raise DataError(f"{self.where(element)}:{field} {s.reason} ({s.detail})") from None
+            return {"skip": s.reason, "field": s.field, "file": element["file"], "line": element["line"],
+                    "index": element["index"]}
+
+    def _record(self, element: dict) -> dict:
+        if "row" in element:
+            return element["row"]
+        try:
+            text = element["raw"].decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise _Skip("invalid_utf8", "", f"byte {e.start} of the line") from None
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise _Skip("invalid_json", "", str(e)) from None
+        if not isinstance(record, dict):
+            raise _Skip("invalid_json", "", f"a JSON {type(record).__name__}, not an object")
+        return record
+
+    def _example(self, element: dict) -> dict:
+        record = self._record(element)
+        f = self.fields
+        question, answer, trace = _text(record, f["question"]), _text(record, f["answer"]), _text(record, f["trace"])
+        variant = self.default_variant
+        if f.get("variant") and _get(record, f["variant"]) is not None:
+            variant = _text(record, f["variant"])
+        if not question.strip():
+            raise _Skip("empty_field", f["question"], "empty")
+        if not answer.strip():
+            raise _Skip("empty_field", f["answer"], "empty")
+        if not trace.strip() and variant in self.trace_required:
+            raise _Skip("empty_trace", f["trace"], f"empty trace for variant {variant!r}")
+        ids, mask = self.chat.encode(question.strip(), trace.strip(), answer.strip(), self.where(element))
+        n = len(ids) - 1  # (input, target) pairs
+        truncated = 0
+        if n > self.seq_len:
+            if not self.truncate:
+                raise _Skip("overlong_dropped", "", f"{n} tokens > seq_len {self.seq_len}")
+            ids, mask, n, truncated = ids[: self.seq_len + 1], mask[: self.seq_len + 1], self.seq_len, 1
+            if not mask[1:].any():
+                raise _Skip("overlong_dropped", "", f"prompt alone fills seq_len {self.seq_len}")
+        return {"tokens": ids[:-1], "targets": ids[1:], "loss_mask": mask[1:], "index": element["index"],
+                "truncated": truncated}
+
+
+# ----------------------------------------------------------------------------- stateful stages
+
+
+class _CountIterator(grain.DatasetIterator):
+    def __init__(self, parent, stats: DataStats, where, shard_len: int):
+        super().__init__(parent)
+        self.stats, self._where, self._shard_len = stats, where, shard_len
+        self._run = 0  # consecutive skips: a full pass without a usable record is an error
+
+    def __next__(self):
+        while True:
+            element = next(self._parent)
+            s = self.stats
+            s.read += 1
+            if "skip" not in element:
+                self._run = 0
+                s.used += 1
+                s.truncated += int(element.pop("truncated"))
+                return element
+            reason = element["skip"]
+            s.skipped[reason] += 1
+            first = s.first.setdefault(reason, [])
+            if len(first) < FIRST_FEW:
+                loc = self._where(element["file"], element["line"])
+                loc += f" ({element['field']})" if element["field"] else ""
+                if loc not in first:  # later epochs meet the same records again
+                    first.append(loc)
+                    log.warning("data: skipped %s: %s", reason, loc)
+            self._run += 1
+            if self._run >= self._shard_len:
+                raise DataError(f"no usable record in a full pass over this host's data\n{s.summary()}")
+
+    def get_state(self):
+        return {"parent": self._parent.get_state(), "records": self.stats._records_state(), "run": self._run}
+
+    def set_state(self, state):
+        self._parent.set_state(state["parent"])
+        self.stats._load(state["records"])
+        self._run = state["run"]
+
+
+class _Count(grain.IterDataset):
+    """Counts records and skips (in the main process, so stats hold with worker processes too)."""
+
+    def __init__(self, parent, stats: DataStats, where, shard_len: int):
+        super().__init__(parent)
+        self._stats, self._where, self._shard_len = stats, where, shard_len
+
+    def __iter__(self):
+        self._stats._load(DataStats(self._stats.files)._records_state())
+        return _CountIterator(self._parent.__iter__(), self._stats, self._where, self._shard_len)
+
+
+class _FinishIterator(grain.DatasetIterator):
+    def __init__(self, parent, stats: DataStats, batch_size: int, pad: int):
+        super().__init__(parent)
+        self.stats, self._batch_size, self._pad = stats, batch_size, pad
+
+    def __next__(self):
+        b = next(self._parent)
+        out = {
+            "tokens": b["tokens"],
+            "targets": b["targets"],
+            "positions": b["tokens_positions"],
+            "segment_ids": b["tokens_segment_ids"],
+            "loss_mask": b["loss_mask"],
+        }
+        rows = out["tokens"].shape[0]
+        if rows < self._batch_size:  # the last batch: filler rows of padding, never dropped examples
+            fill = {"tokens": self._pad, "targets": self._pad}
+            out = {k: np.concatenate([v, np.full((self._batch_size - rows,) + v.shape[1:], fill.get(k, 0), v.dtype)])
+                   for k, v in out.items()}
+        out = {k: np.ascontiguousarray(v, np.int32) for k, v in out.items()}
+        s = self.stats
+        real = int((out["segment_ids"] > 0).sum())
+        s.batches += 1
+        s.rows += rows
+        s.real_tokens += real
+        s.pad_tokens += out["segment_ids"].size - real
+        s.loss_tokens += int(out["loss_mask"].sum())
+        return out
+
+    def get_state(self):
+        return {"parent": self._parent.get_state(), "tokens": self.stats._tokens_state()}
+
+    def set_state(self, state):
+        self._parent.set_state(state["parent"])
+        self.stats._load(state["tokens"])
+
+
+class _Finish(grain.IterDataset):
+    """Names the packed features, fills a short last batch with padding rows, counts tokens."""
+
+    def __init__(self, parent, stats: DataStats, batch_size: int, pad: int):
+        super().__init__(parent)
+        self._stats, self._batch_size, self._pad = stats, batch_size, pad
+
+    def __iter__(self):
+        self._stats._load(DataStats(self._stats.files)._tokens_state())
+        return _FinishIterator(self._parent.__iter__(), self._stats, self._batch_size, self._pad)
+
+
+# ----------------------------------------------------------------------------- public entry points
+
+
+def _check(cfg: ConfigDict, seq_len: int, batch_size: int, process_index: int, process_count: int):
+    choices = dict(pack=("first_fit", "best_fit", "none"), overlong=("drop", "truncate"))
+    for name, allowed in choices.items():
+        if cfg[name] not in allowed:
+            raise DataError(f"data.{name} must be one of {'|'.join(allowed)}, got {cfg[name]!r}")
+    for name in ("question", "trace", "answer"):
+        if not cfg.fields.get(name):
+            raise DataError(f"data.fields.{name} must name a record field")
+    if seq_len < 2 or batch_size < 1:
+        raise DataError(f"need seq_len >= 2 and batch_size >= 1, got {seq_len}, {batch_size}")
+    if not 0 <= process_index < process_count:
+        raise DataError(f"process_index {process_index} not in [0, {process_count})")
+    if cfg.num_epochs < 0 or cfg.workers < 0:
+        raise DataError("data.num_epochs and data.workers must be >= 0")
+
+
+def example_dataset(
+    cfg: ConfigDict, tokenizer, *, seq_len: int, seed: int, process_index: int = 0, process_count: int = 1,
+    stats: DataStats | None = None,
+) -> tuple[grain.IterDataset, DataStats]:
+    """This host's stream of formatted examples before packing: dicts of `tokens`, `targets`,
+    `loss_mask` ([n] int32, n <= seq_len) and `index` (global record index, for tests and debugging)."""
+    _check(cfg, seq_len, 1, process_index, process_count)
+    files = resolve_files(cfg.path, cfg.format)
+    columns = sorted({v.split(".")[0] for v in cfg.fields.to_dict().values() if v})
+    source = RecordSource(files, cfg.format, columns)
+    stats = stats or DataStats(files)
+    ds = grain.MapDataset.source(source)[process_index::process_count]
+    shard_len = len(ds)
+    if shard_len == 0:
+        raise DataError(f"host {process_index} of {process_count} has no records ({len(source)} in {cfg.path!r})")
+    if cfg.shuffle:
+        shuffle_seed = seed if cfg.shuffle_seed < 0 else cfg.shuffle_seed
+        ds = ds.shuffle(seed=int(shuffle_seed) % 2**32)
+    ds = ds.repeat(cfg.num_epochs or None)
+    ds = ds.map(_Format(ChatFormat(tokenizer, cfg), cfg, seq_len, source.files, source.formats))
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(cfg.read_threads, 1), prefetch_buffer_size=64))
+    if cfg.workers:
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.workers))
+    return _Count(it, stats, source.where, shard_len), stats
+
+
+def make_dataset(
+    cfg: ConfigDict, tokenizer, *, seq_len: int, batch_size: int, seed: int, process_index: int = 0,
+    process_count: int = 1,
+) -> tuple[grain.IterDataset, DataStats]:
+    """This host's batches: dicts of int32 [batch_size, seq_len] arrays `tokens`, `targets` (next
+    token), `positions` (from 0 per example), `segment_ids` (1..k per row, 0 = padding) and `loss_mask`
+    (1 on assistant targets, end-of-turn included). `iter(ds)` is a Grain DatasetIterator: save
+    `get_state()` in checkpoints, `set_state()` continues at exactly the next batch. `stats` (DataStats)
+    follows the iterator most recently created and is restored with its state."""
+    _check(cfg, seq_len, batch_size, process_index, process_count)
+    examples, stats = example_dataset(
+        cfg, tokenizer, seq_len=seq_len, seed=seed, process_index=process_index, process_count=process_count
+    )
+    lengths = {"tokens": seq_len, "targets": seq_len, "loss_mask": seq_len}
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    padding = {"tokens": pad, "targets": pad, "loss_mask": 0}
+    bins = cfg.pack_bins or batch_size
+    if cfg.pack == "none":
+        packed = grain.experimental.FirstFitPackIterDataset(
+            examples, length_struct=lengths, num_packing_bins=batch_size, shuffle_bins=False,
+            padding_struct=padding, max_sequences_per_bin=1,
+        )
+    else:
+        cls = {"first_fit": grain.experimental.FirstFitPackIterDataset,
+               "best_fit": grain.experimental.BestFitPackIterDataset}[cfg.pack]
+        packed = cls(examples, length_struct=lengths, num_packing_bins=bins, seed=int(seed) % 2**32,
+                     shuffle_bins=True, padding_struct=padding)
+    batched = packed.batch(batch_size, drop_remainder=False)
+    return _Finish(batched, stats, batch_size, pad), stats
+
+
+def count_batches(cfg: ConfigDict, tokenizer, **kwargs) -> tuple[int, DataStats]:
+    """Batches in one epoch of this host's data (a full formatting pass; for schedules that need
+    the number of steps). Takes make_dataset's keyword arguments."""
+    one = ConfigDict(cfg.to_dict())
+    one.num_epochs = 1
+    ds, stats = make_dataset(one, tokenizer, **kwargs)
+    n = sum(1 for _ in iter(ds))
+    return n, stats

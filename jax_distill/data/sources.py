@@ -1,0 +1,197 @@
+"""Random-access record sources for Grain: JSONL over line offsets (os.pread) and Parquet (pyarrow).
+
+A source returns raw records: `{"raw": bytes}` (JSONL, decoded later so that invalid UTF-8 or JSON is a
+counted skip, not a crash) or `{"row": dict}` (Parquet), plus `"file"` (index into `files`) and
+`"line"` (1-based line of the JSONL file, or 1-based row of the Parquet file). Reads are thread-safe
+(pread never moves a file position; Parquet tables load once under a lock) and the sources pickle
+without their open files, so Grain threads and worker processes can share them.
+"""
+
+from __future__ import annotations
+
+import glob
+import mmap
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from jax_distill.data.chat import DataError
+
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def resolve_files(spec: str, fmt: str = "auto") -> list[str]:
+    """Files named by `spec`: comma-separated paths, globs or directories (local or gs://), sorted."""
+    files: list[str] = []
+    for part in [p.strip() for p in str(spec).split(",") if p.strip()]:
+        if part.startswith("gs://"):
+            files.extend(_gcs_files(part))
+            continue
+        if os.path.isdir(part):
+            found = sorted(str(p) for p in Path(part).iterdir() if p.is_file() and _format_of(str(p), "auto"))
+        elif glob.has_magic(part):
+            found = sorted(glob.glob(part, recursive=True))
+        else:
+            found = [part] if os.path.exists(part) else []
+        if not found:
+            raise DataError(f"data.path: nothing matches {part!r}")
+        files.extend(found)
+    if not files:
+        raise DataError("data.path is empty: name the trace files (path, glob or directory)")
+    for f in files:
+        if not _format_of(f, fmt):
+            raise DataError(f"{f}: unknown data format; name it .jsonl/.parquet or set data.format")
+    return files
+
+
+def _gcs_files(spec: str) -> list[str]:
+    """gs:// files are copied once into a local cache (the same cache models use), then read locally."""
+    import gcsfs
+
+    fs = gcsfs.GCSFileSystem()
+    remote = sorted(fs.glob(spec[len("gs://") :]) if glob.has_magic(spec) else [spec[len("gs://") :]])
+    if len(remote) == 1 and fs.isdir(remote[0]):
+        remote = sorted(p for p in fs.ls(remote[0], detail=False) if not fs.isdir(p))
+    if not remote:
+        raise DataError(f"data.path: nothing matches {spec!r}")
+    cache = Path(os.environ.get("JAX_DISTILL_CACHE", Path.home() / ".cache" / "jax_distill")) / "gcs"
+    out = []
+    for r in remote:
+        local = cache / r
+        if not local.exists():
+            local.parent.mkdir(parents=True, exist_ok=True)
+            partial = local.with_name(local.name + f".partial{os.getpid()}")
+            fs.get(r, str(partial))
+            os.replace(partial, local)
+        out.append(str(local))
+    return out
+
+
+def _format_of(path: str, fmt: str) -> str | None:
+    if fmt in ("jsonl", "parquet"):
+        return fmt
+    if fmt != "auto":
+        raise DataError(f"data.format must be auto|jsonl|parquet, got {fmt!r}")
+    low = path.lower()
+    if low.endswith(JSONL_SUFFIXES):
+        return "jsonl"
+    if low.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    return None
+
+
+class JsonlIndex:
+    """Byte offsets of the non-blank lines of one JSONL file (built once with numpy over an mmap)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        size = os.path.getsize(path)
+        if size == 0:
+            self.offsets = self.lengths = self.lines = np.zeros(0, np.int64)
+            return
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            buf = np.frombuffer(m, np.uint8)
+            newlines = np.flatnonzero(buf == 10)
+            starts = np.concatenate([[0], newlines + 1])
+            ends = np.concatenate([newlines, [size]])
+            keep = ends > starts
+            # lines of only whitespace are not records (e.g. a trailing blank line)
+            short = np.flatnonzero(keep & (ends - starts < 8))
+            for i in short:
+                if not bytes(buf[starts[i] : ends[i]]).strip():
+                    keep[i] = False
+            del buf
+        self.offsets = starts[keep].astype(np.int64)
+        self.lengths = (ends - starts)[keep].astype(np.int64)
+        self.lines = (np.flatnonzero(keep) + 1).astype(np.int64)
+
+
+class RecordSource:
+    """All records of all files, as one random-access Grain source (len + __getitem__)."""
+
+    def __init__(self, files: list[str], fmt: str = "auto", columns: list[str] | None = None):
+        self.files = list(files)
+        self.formats = [_format_of(f, fmt) for f in self.files]
+        self.columns = columns
+        counts = []
+        self._jsonl: dict[int, JsonlIndex] = {}
+        for i, (f, kind) in enumerate(zip(self.files, self.formats)):
+            if kind == "jsonl":
+                self._jsonl[i] = JsonlIndex(f)
+                counts.append(len(self._jsonl[i].offsets))
+            else:
+                import pyarrow.parquet as pq
+
+                try:
+                    counts.append(pq.ParquetFile(f).metadata.num_rows)
+                except Exception as e:  # noqa: BLE001 - any pyarrow failure is a bad file
+                    raise DataError(f"{f}: not a readable Parquet file ({e})") from None
+        self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self._init_handles()
+
+    def _init_handles(self):
+        self._fds: dict[int, int] = {}
+        self._tables: dict[int, object] = {}
+        self._lock = threading.Lock()
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        for k in ("_fds", "_tables", "_lock"):
+            state.pop(k)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._init_handles()
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(file index, position within the file) of a global record index."""
+        f = int(np.searchsorted(self._starts, index, side="right") - 1)
+        return f, int(index - self._starts[f])
+
+    def where(self, file: int, line: int) -> str:
+        unit = "line" if self.formats[file] == "jsonl" else "row"
+        return f"{self.files[file]}:{unit} {line}"
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        f, k = self.locate(index)
+        if self.formats[f] == "jsonl":
+            ix = self._jsonl[f]
+            fd = self._fds.get(f)
+            if fd is None:
+                with self._lock:
+                    fd = self._fds.get(f)
+                    if fd is None:
+                        fd = self._fds[f] = os.open(self.files[f], os.O_RDONLY)
+            raw = os.pread(fd, int(ix.lengths[k]), int(ix.offsets[k]))
+            return {"raw": raw, "file": f, "line": int(ix.lines[k]), "index": index}
+        table = self._tables.get(f)
+        if table is None:
+            with self._lock:
+                table = self._tables.get(f)
+                if table is None:
+                    table = self._tables[f] = self._read_parquet(f)
+        return {"row": table.slice(k, 1).to_pylist()[0], "file": f, "line": k + 1, "index": index}
+
+    def _read_parquet(self, f: int):
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(self.files[f])
+        names = set(pf.schema_arrow.names)
+        cols = None if self.columns is None else [c for c in self.columns if c in names]
+        return pf.read(columns=cols)
+
+    def __del__(self):
+        for fd in getattr(self, "_fds", {}).values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
