@@ -123,11 +123,95 @@ def tiny_hf_config(family: str, vocab_size: int = 512, **overrides):
             tie_word_embeddings=True,
             **ids,
         )
+    elif family == "gpt_oss":
+        cfg = _tiny_gpt_oss_config(vocab_size, ids)
+    elif family == "qwen3_5":
+        cfg = _tiny_qwen3_5_config(vocab_size, ids)
     else:
         raise ValueError(f"no tiny config for family {family!r}")
     for k, v in overrides.items():
         setattr(cfg, k, v)
     return cfg
+
+
+def _tiny_gpt_oss_config(vocab_size: int, ids: dict):
+    """gpt-oss with every feature live at tiny size: a window (5) shorter than test sequences, YaRN with
+    a small original length, a SwiGLU limit low enough to clamp, 5 experts top-2. Hidden and expert
+    widths are multiples of 32 so the experts can be MXFP4-quantized."""
+    import transformers
+
+    return transformers.GptOssConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        head_dim=16,
+        num_local_experts=5,
+        num_experts_per_tok=2,
+        sliding_window=5,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        max_position_embeddings=256,  # = factor * original length, as YaRN expects
+        rope_parameters={
+            "rope_type": "yarn",
+            "rope_theta": 150000.0,
+            "factor": 4.0,
+            "beta_fast": 32.0,
+            "beta_slow": 1.0,
+            "truncate": False,
+            "original_max_position_embeddings": 64,
+        },
+        swiglu_limit=0.6,
+        initializer_range=0.1,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        **ids,
+    )
+
+
+def _tiny_qwen3_5_config(vocab_size: int, ids: dict):
+    """Text-only Qwen3.5 (Qwen3_5ForCausalLM): two periods of the real 3:1 DeltaNet/attention schedule,
+    real linear-attention head size 128 (1 key head serving 2 value heads), everything else tiny."""
+    import transformers
+
+    return transformers.Qwen3_5TextConfig(
+        vocab_size=vocab_size,
+        hidden_size=40,
+        intermediate_size=56,
+        num_hidden_layers=8,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        linear_num_key_heads=1,
+        linear_num_value_heads=2,
+        linear_key_head_dim=128,
+        linear_value_head_dim=128,
+        linear_conv_kernel_dim=4,
+        max_position_embeddings=512,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25},
+        rms_norm_eps=1e-6,
+        initializer_range=0.1,  # logits of order 1, so a wrong op shows well above the tolerance
+        tie_word_embeddings=False,
+        **ids,
+    )
+
+
+def qwen3_5_conditional_model(text_config, seed: int = 0):
+    """The released layout: Qwen3_5ForConditionalGeneration around `text_config`, tiny vision tower."""
+    import torch
+    import transformers
+
+    vision = dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=text_config.hidden_size,
+                  patch_size=4, num_position_embeddings=16)
+    cfg = transformers.Qwen3_5Config(text_config=text_config.to_dict(), vision_config=vision, tie_word_embeddings=True)
+    torch.manual_seed(seed)
+    model = transformers.Qwen3_5ForConditionalGeneration._from_config(cfg, attn_implementation="eager")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return model.eval()
 
 
 def torch_model(hf_config, seed: int = 0):
@@ -220,3 +304,21 @@ def smollm2_dir() -> Path:
     os.replace(partial, target) if not target.exists() else None
     gguf.unlink()
     return target
+
+
+# ----------------------------------------------------------------------------- training traces
+
+
+def write_train_traces(path: Path, n: int = 64, seed: int = 0) -> Path:
+    """JSONL trace records (question, trace, answer, id) of small arithmetic, for training tests."""
+    import json
+
+    rng = np.random.default_rng(seed)
+    with open(path, "w") as f:
+        for i in range(n):
+            a, b = (int(x) for x in rng.integers(1, 50, size=2))
+            steps = " ".join(f"{a} + {k} = {a + k}." for k in range(1, 1 + int(rng.integers(0, 2))))
+            record = {"id": f"q{i}", "question": f"What is {a} + {b}?", "trace": f"Let me think. {steps} {a} + {b} = {a + b}.",
+                      "answer": f"The answer is {a + b}."}
+            f.write(json.dumps(record) + "\n")
+    return Path(path)
