@@ -31,3 +31,33 @@ def make_engine(cfg):
 
         return jax_engine.from_config(cfg)
     raise ValueError(f"engine.kind must be procedural|vllm|openai|jax, got {kind!r}")
+
+
+def default_config():
+    """The `engine` sub-config shared by the generate and compress stages, every field documented."""
+    from ml_collections import ConfigDict
+
+    return ConfigDict(dict(
+        kind="procedural",          # procedural | vllm | openai | jax
+        model="",                   # HF folder (vllm, jax) or served model name (openai)
+        tokenizer="",               # tokenizer folder ("" = the model's; procedural: "" = word counts)
+        reasoning="think",          # how outputs mark reasoning: think (Qwen, R1) | harmony (gpt-oss) | none
+        chat_template_kwargs="{}",  # JSON passed to the chat template, e.g. {"enable_thinking": true} (Qwen3)
+                                    # or {"reasoning_effort": "high"} (gpt-oss)
+        tensor_parallel_size=1,     # vllm: GPUs per model
+        dtype="auto",               # vllm: weights/compute dtype
+        max_model_len=0,            # vllm: context length (0 = the model's)
+        gpu_memory_utilization=0.9, # vllm
+        enforce_eager=False,        # vllm: True on CPU (no graph capture; much faster start)
+        batch_size=256,             # requests handed to the engine at once (vllm/jax batch internally)
+        base_url="",                # openai: e.g. http://host:8000/v1
+        api_key_env="OPENAI_API_KEY",  # openai: environment variable holding the key ("" = none)
+        request_timeout_s=600.0,    # openai: per HTTP request
+        concurrency=8,              # openai: requests in flight
+        procedural=dict(
+            wrong_rate=0.2,         # share of samples with an uncorrected arithmetic slip
+            detour_rate=0.5,        # share of samples with a corrected detour
+            verbosity=1,            # 0-2: hesitations and commentary per step
+            seed=0,
+        ),
+    ))

@@ -60,6 +60,14 @@ class Engine(Protocol):
         ...
 
 
+def prompt_hash(messages: Messages) -> str:
+    """sha256 of the chat messages (stable JSON), recorded as provenance and used to derive seeds."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(messages, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
 def request_seed(base: int | None, key: str) -> int | None:
     """A per-request seed derived from the base seed and a stable key (e.g. a prompt hash), so a sample's
     randomness does not depend on which batch or shard it was generated in."""

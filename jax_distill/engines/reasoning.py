@@ -66,3 +66,14 @@ def split_reasoning(text: str, style: str) -> tuple[str, str]:
     if style == "none":
         return "", _strip_end(text)
     raise ValueError(f"reasoning style must be one of {STYLES}, got {style!r}")
+
+
+def make_completion(text: str, style: str, prompt_tokens: int, completion_tokens: int, finish_reason: str):
+    """A Completion from raw output text. A thinking model cut off by max_tokens before closing its
+    block has produced only reasoning, even when the template opened the block in the prompt."""
+    from jax_distill.engines.base import Completion
+
+    reasoning, answer = split_reasoning(text, style)
+    if style == "think" and finish_reason == "length" and "</think>" not in text:
+        reasoning, answer = _strip_end(text.replace("<think>", "")).strip(), ""
+    return Completion(text, reasoning, answer, prompt_tokens, completion_tokens, finish_reason)

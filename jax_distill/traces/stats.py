@@ -1,0 +1,149 @@
+"""Counting for the trace stages: student-token counts, progress lines with rate and ETA, the per
+dataset x compressor summary table (the paper's mean rho / token ratio), and a CLI that prints the
+statistics of any record directory:
+`python -m jax_distill.traces.stats --config configs/traces/stats.py --config.path=DIR`.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections import Counter, defaultdict
+from typing import Iterable
+
+
+class StudentTokens:
+    """Token counts in the student's tokenizer (any HF tokenizer folder); None everywhere when unset."""
+
+    def __init__(self, path: str = ""):
+        self.path = path
+        self.tokenizer = None
+        if path:
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+
+    def __bool__(self) -> bool:
+        return self.tokenizer is not None
+
+    def ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def count(self, text: str) -> int | None:
+        return len(self.ids(text)) if self.tokenizer is not None else None
+
+    def cut(self, text: str, budget: int) -> tuple[str, int]:
+        """The longest prefix of `text`, cut at a token boundary, that re-tokenizes to <= budget tokens."""
+        if budget <= 0:
+            return "", 0
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = enc["offset_mapping"]
+        if len(offsets) <= budget:
+            return text, len(offsets)
+        keep = budget
+        while keep > 0:
+            prefix = text[: offsets[keep - 1][1]].rstrip()
+            n = len(self.ids(prefix))
+            if n <= budget:
+                return prefix, n
+            keep -= 1  # a merge across the cut can add a token: back off one token at a time
+        return "", 0
+
+
+class Progress:
+    """Prints `stage: done/total (rate/s, ETA)` to stderr at most every `every_s` seconds and at the end."""
+
+    def __init__(self, stage: str, total: int, unit: str = "items", every_s: float = 10.0):
+        self.stage, self.total, self.unit, self.every_s = stage, total, unit, every_s
+        self.done, self.start, self.last = 0, time.monotonic(), 0.0
+
+    def update(self, n: int = 1, force: bool = False) -> None:
+        self.done += n
+        now = time.monotonic()
+        if force or now - self.last >= self.every_s or self.done >= self.total:
+            self.last = now
+            print(self.line(), file=sys.stderr, flush=True)
+
+    def line(self) -> str:
+        elapsed = max(time.monotonic() - self.start, 1e-9)
+        rate = self.done / elapsed
+        left = (self.total - self.done) / rate if rate > 0 else float("inf")
+        eta = "?" if left == float("inf") else f"{int(left // 60)}m{int(left % 60):02d}s"
+        return f"{self.stage}: {self.done}/{self.total} {self.unit} ({rate:.2f}/s, ETA {eta})"
+
+
+def merge_counts(infos: Iterable[dict]) -> dict:
+    """Sum the `counts` of done infos: numbers add, nested {reason: n} dicts add per reason."""
+    total: dict = {}
+    for info in infos:
+        for key, value in info.get("counts", {}).items():
+            if isinstance(value, dict):
+                total.setdefault(key, Counter()).update(value)
+            else:
+                total[key] = total.get(key, 0) + value
+    return {k: dict(v) if isinstance(v, Counter) else v for k, v in total.items()}
+
+
+def compression_table(records: Iterable[dict]) -> list[dict]:
+    """Per (dataset, compressor): examples, mean rho (chars), mean token ratio, fallbacks (keep_raw)."""
+    groups = defaultdict(list)
+    for r in records:
+        if r["variant"] == "compressed":
+            groups[(r["dataset"], r["meta"].get("compressor", "?"))].append(r["meta"])
+    rows = []
+    for (dataset, compressor), metas in sorted(groups.items()):
+        compressed = [m for m in metas if not m.get("fallback")]
+        rho = [m["rho_chars"] for m in compressed]
+        tok = [m["rho_tokens"] for m in compressed if m.get("rho_tokens") is not None]
+        rows.append({
+            "dataset": dataset,
+            "compressor": compressor,
+            "examples": len(metas),
+            "compressed": len(compressed),
+            "fallback_raw": len(metas) - len(compressed),
+            "mean_rho_chars": round(statistics.fmean(rho), 4) if rho else None,
+            "mean_rho_tokens": round(statistics.fmean(tok), 4) if tok else None,
+        })
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """Markdown table of a list of flat dicts."""
+    if not rows:
+        return "(no rows)"
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join("" if r[c] is None else str(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def describe(records: Iterable[dict]) -> list[dict]:
+    """Per (dataset, variant): records, mean trace chars, mean trace student tokens (when counted)."""
+    groups = defaultdict(list)
+    for r in records:
+        groups[(r["dataset"], r["variant"])].append(r["meta"])
+    rows = []
+    for (dataset, variant), metas in sorted(groups.items()):
+        toks = [m["student_tokens"] for m in metas if m.get("student_tokens") is not None]
+        rows.append({"dataset": dataset, "variant": variant, "records": len(metas),
+                     "mean_trace_chars": round(statistics.fmean(m["trace_chars"] for m in metas), 1),
+                     "mean_student_tokens": round(statistics.fmean(toks), 1) if toks else None})
+    return rows
+
+
+def run(config) -> dict:
+    from jax_distill.traces.store import read_records
+
+    records = list(read_records(config.path))
+    summary = {"describe": describe(records), "compression": compression_table(records)}
+    print(format_table(summary["describe"]))
+    if summary["compression"]:
+        print(format_table(summary["compression"]))
+    return summary
+
+
+if __name__ == "__main__":
+    from jax_distill.cli import run_stage
+
+    run_stage(run)
