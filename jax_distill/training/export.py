@@ -1,0 +1,24 @@
+"""End-of-training exports: the student as a Hugging Face folder (LoRA merged) and, in LoRA mode, a PEFT
+adapter (adapter_config.json + adapter_model.safetensors) that transformers + peft load on the base."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from jax_distill.models import Model, save_pretrained
+from jax_distill.training import lora
+
+
+def export(model: Model, out_dir: str, *, tokenizer_from: str | None, dtype: Any, lora_cfg: lora.LoRAConfig | None,
+           base_model: str = "") -> dict[str, str]:
+    """Write <out_dir>/hf (merged) and, with `lora_cfg`, <out_dir>/peft; returns their paths."""
+    paths = {}
+    hf_dir = os.path.join(out_dir, "hf")
+    save_pretrained(model, hf_dir, dtype=dtype, tokenizer_from=tokenizer_from)
+    paths["hf"] = hf_dir
+    if lora_cfg is not None:
+        peft_dir = os.path.join(out_dir, "peft")
+        lora.save_peft(model.params, model.module.weight_map(model.config), peft_dir, lora_cfg, base_model)
+        paths["peft"] = peft_dir
+    return paths

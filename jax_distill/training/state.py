@@ -1,0 +1,164 @@
+"""Train state, loss and the jitted train step.
+
+State is one pytree (step, trainable params, optimizer state, RNG key data). In LoRA mode the trainable
+params are the `LoRA` leaves only (None elsewhere), so the base never enters the optimizer nor the
+checkpoint; the frozen half is a separate, non-donated argument of the step. Gradient accumulation is a
+scan over microbatches that sums unnormalised losses and divides once by the batch's loss tokens, so
+any accumulation factor gives the same update as one big batch (up to float summation order).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from jax_distill.parallel.sharding import ShardingRules, constrain, use_rules
+from jax_distill.training import lora
+
+BATCH_KEYS = ("tokens", "targets", "positions", "segment_ids", "loss_mask")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class TrainState:
+    step: jax.Array  # int32 []
+    params: Any  # trainable part of the parameters (None where frozen)
+    opt_state: Any
+    rng: jax.Array  # uint32 key data (plain array so it checkpoints)
+    time_s: jax.Array  # float32 [], training wall time so far (summed over resumes)
+
+
+def token_losses(module, model_cfg, params, batch: dict, *, lora_key=None, remat="none") -> tuple[jax.Array, jax.Array]:
+    """(sum of masked next-token cross-entropy, number of loss tokens) for one batch, in fp32."""
+    logits, _ = module.forward(
+        params, model_cfg, batch["tokens"], batch["positions"], batch["segment_ids"], lora_key=lora_key, remat=remat
+    )
+    logits = constrain(logits, ("batch", "seq", "vocab"))
+    logz = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, batch["targets"][..., None].astype(jnp.int32), axis=-1)[..., 0]
+    mask = batch["loss_mask"].astype(jnp.float32)
+    return jnp.sum((logz - target_logit) * mask), jnp.sum(mask)
+
+
+def loss(module, model_cfg, params, batch: dict, **kwargs) -> jax.Array:
+    """sum(loss_mask * xent) / sum(loss_mask): the training objective."""
+    total, n = token_losses(module, model_cfg, params, batch, **kwargs)
+    return total / jnp.maximum(n, 1.0)
+
+
+def make_train_step(
+    module,
+    model_cfg,
+    tx: optax.GradientTransformation,
+    lr_schedule: optax.Schedule,
+    *,
+    accum_steps: int = 1,
+    remat: str = "none",
+    dropout: bool = False,
+    rules: ShardingRules | None = None,
+) -> Callable:
+    """`step(state, frozen, batch) -> (state, metrics)`, pure; wrap it with `jit_train_step`."""
+
+    def grads_of(trainable, frozen, mb, key):
+        def f(t):
+            return token_losses(module, model_cfg, lora.combine(t, frozen), mb, lora_key=key, remat=remat)
+
+        (total, n), g = jax.value_and_grad(f, has_aux=True)(trainable)
+        return total, n, g
+
+    def step(state: TrainState, frozen, batch: dict):
+        with use_rules(rules):
+            key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step) if dropout else None
+            if accum_steps == 1:
+                total, n, grads = grads_of(state.params, frozen, batch, key)
+            else:
+                # microbatch j takes rows j, j + A, j + 2A...: every device keeps an equal share
+                def split(x):
+                    b = x.shape[0]
+                    if b % accum_steps:
+                        raise ValueError(f"batch {b} does not divide into {accum_steps} microbatches")
+                    x = x.reshape(b // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1)
+                    return constrain(x, (None, "batch", "seq"))
+
+                micro = {k: split(batch[k]) for k in BATCH_KEYS}
+                zeros = jax.tree.map(jnp.zeros_like, state.params)
+
+                def body(carry, xs):
+                    total, n, acc = carry
+                    mb, j = xs
+                    k = None if key is None else jax.random.fold_in(key, j)
+                    t, c, g = grads_of(state.params, frozen, mb, k)
+                    return (total + t, n + c, jax.tree.map(jnp.add, acc, g)), None
+
+                init = (jnp.zeros([], jnp.float32), jnp.zeros([], jnp.float32), zeros)
+                (total, n, grads), _ = jax.lax.scan(body, init, (micro, jnp.arange(accum_steps)))
+            denom = jnp.maximum(n, 1.0)
+            grads = jax.tree.map(lambda g: g / denom, grads)
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            real = jnp.sum((batch["segment_ids"] != 0).astype(jnp.int32))
+            metrics = {
+                "loss": total / denom,
+                "grad_norm": optax.tree.norm(grads),
+                "lr": lr_schedule(state.step),
+                "tokens": real,
+                "loss_tokens": n.astype(jnp.int32),
+                "packing": real.astype(jnp.float32) / batch["segment_ids"].size,
+            }
+            new = TrainState(state.step + 1, params, opt_state, state.rng, state.time_s)
+            return new, metrics
+
+    return step
+
+
+# ----------------------------------------------------------------------------- shardings
+
+
+def _keys(path) -> tuple[str, ...]:
+    return tuple(lora.path_str([k]) for k in path)
+
+
+def _replicated(mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def opt_state_shardings(abstract_opt, param_shardings, mesh) -> Any:
+    """Shard optimizer-state leaves like the parameter they shadow (found by key-path suffix); a
+    quantized moment's codes like the parameter, its per-block absmax like the parameter minus the
+    last axis; everything else (counts, scalars) replicated."""
+    table = {}
+    for path, s in jax.tree_util.tree_flatten_with_path(param_shardings, is_leaf=lambda x: isinstance(x, NamedSharding))[0]:
+        table[_keys(path)] = s
+
+    def pick(path, leaf):
+        keys = _keys(path)
+        for end in (len(keys), len(keys) - 1):
+            for start in range(end):
+                s = table.get(keys[start:end])
+                if s is None:
+                    continue
+                spec = tuple(s.spec) + (None,) * (leaf.ndim - len(s.spec))
+                if end == len(keys) or keys[-1] == "codes":
+                    if len(spec) == leaf.ndim:
+                        return s
+                if keys[-1] == "absmax" and leaf.ndim >= 1:
+                    return NamedSharding(mesh, PartitionSpec(*spec[: leaf.ndim - 1], None))
+        return _replicated(mesh)
+
+    return jax.tree_util.tree_map_with_path(pick, abstract_opt)
+
+
+def jit_train_step(step_fn, state_shardings, frozen_shardings, batch_sharding, mesh) -> Callable:
+    """jit with explicit in/out shardings; the state is donated (updated in place)."""
+    batch_sh = {k: batch_sharding for k in BATCH_KEYS}
+    return jax.jit(
+        step_fn,
+        in_shardings=(state_shardings, frozen_shardings, batch_sh),
+        out_shardings=(state_shardings, _replicated(mesh)),
+        donate_argnums=(0,),
+    )
