@@ -102,8 +102,9 @@ def save_pretrained(
 ) -> Path:
     """Write the model (LoRA merged) as an HF folder that transformers and vLLM load."""
     module = model.module
-    tensors = hf_io.iter_hf_tensors(model.params, module.weight_map(model.config), dtype)
-    return hf_io.save_folder(path, model.config.to_hf(), tensors, tokenizer_from)
+    config = getattr(module, "export_config", lambda c: c)(model.config)  # a family may pick the export layout
+    tensors = hf_io.iter_hf_tensors(model.params, module.weight_map(config), dtype)
+    return hf_io.save_folder(path, config.to_hf(), tensors, tokenizer_from)
 
 
 def random_model(family: str, config: Any, seed: int = 0, dtype: Any = jnp.float32) -> Model:

@@ -1,0 +1,484 @@
+"""Qwen3.5 text model: a hybrid of Gated DeltaNet layers and gated full-attention layers.
+
+The layer schedule is HF's `layer_types` list ("linear_attention" / "full_attention"; 3:1 in released
+models). Parameters of each kind are stacked separately (`delta_layers`, `attn_layers`); the forward
+finds the smallest repeating period of the schedule and runs `lax.scan` over periods, with one inner
+scan per run of same-kind layers inside a period, so each layer kind compiles once whatever the depth.
+
+- Gated attention: q_proj yields, per head, a query and a sigmoid output gate (HF layout [q_h | gate_h]);
+  zero-centred RMSNorm on q and k, RoPE on the leading 25% of head_dim (text MRoPE is plain 1-D RoPE,
+  all three position axes being equal), GQA, then out * sigmoid(gate) before o_proj.
+- Gated DeltaNet: fused in_proj_qkv -> causal depthwise conv (width 4) + silu -> L2-normed q/k, v;
+  beta = sigmoid(b), g = -exp(A_log) * softplus(a + dt_bias); the delta rule of `gated_deltanet` (chunked
+  for T > 1, recurrent for one-token decode); gated RMSNorm (plain weight, times silu(z)); out_proj.
+- RMSNorms are zero-centred (scale 1 + w), except the gated one inside DeltaNet.
+
+Padding and packing: attention layers use segment ids and positions (`layers.attention_mask`); DeltaNet
+layers zero padding inputs (as transformers does) and never carry conv or recurrent state across a
+segment change (see `gated_deltanet`). The cache holds KV slots for attention layers (same `index`
+convention as `llama.init_cache`), conv history + fp32 recurrent state for DeltaNet layers, and the
+segment ids of the conv history, so prefill (T = prompt length, left padded) then decode (T = 1) works.
+
+Checkpoints: `Qwen3_5ForConditionalGeneration` (text under `model.language_model.*`; `model.visual.*` and
+`mtp.*` skipped) and `Qwen3_5ForCausalLM` load; export is always a text-only `Qwen3_5ForCausalLM`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_distill.models import gated_deltanet as gdn
+from jax_distill.models import layers as L
+from jax_distill.models.hf_io import CheckpointError, CheckpointReader, HFTensor
+from jax_distill.parallel.sharding import constrain
+
+Array = jax.Array
+LINEAR, FULL = "linear_attention", "full_attention"
+IGNORED_KEYS = (r"^mtp\.", r"^model\.visual\.")
+CAUSAL_LM = "Qwen3_5ForCausalLM"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    layer_types: tuple[str, ...]
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rope: L.Rope
+    linear_num_key_heads: int = 16
+    linear_num_value_heads: int = 32
+    linear_key_head_dim: int = 128
+    linear_value_head_dim: int = 128
+    linear_conv_kernel_dim: int = 4
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = None
+    eos_token_id: Any = None
+    pad_token_id: int | None = None
+    max_position_embeddings: int = 32768
+    architecture: str = CAUSAL_LM  # layout loaded from; selects the HF key prefix
+    chunk_size: int = 64  # chunk length of the chunked delta rule (training / prefill)
+    dtype: str = "float32"  # compute dtype
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layer_types)
+
+    @classmethod
+    def from_hf(cls, hf: dict, **overrides) -> "Config":
+        arch = (hf.get("architectures") or [CAUSAL_LM])[0]
+        text = hf.get("text_config") or hf
+        tie = hf.get("tie_word_embeddings", text.get("tie_word_embeddings", False))
+        if text.get("attention_bias"):
+            raise CheckpointError("Qwen3.5 with attention_bias=true is not supported")
+        head_dim = text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
+        rope_params = dict(text.get("rope_parameters") or {})
+        partial = text.get("partial_rotary_factor", rope_params.get("partial_rotary_factor", 0.25))
+        n = text["num_hidden_layers"]
+        interval = text.get("full_attention_interval", 4)
+        types = text.get("layer_types") or [LINEAR if (i + 1) % interval else FULL for i in range(n)]
+        if len(types) != n or set(types) - {LINEAR, FULL}:
+            raise CheckpointError(f"layer_types must list {n} of {LINEAR!r}/{FULL!r}, got {types}")
+        fields = dict(
+            vocab_size=text["vocab_size"],
+            hidden_size=text["hidden_size"],
+            intermediate_size=text["intermediate_size"],
+            layer_types=tuple(types),
+            num_heads=text["num_attention_heads"],
+            num_kv_heads=text.get("num_key_value_heads") or text["num_attention_heads"],
+            head_dim=head_dim,
+            rope=L.Rope.from_hf({**text, "partial_rotary_factor": partial}, head_dim),
+            linear_num_key_heads=text["linear_num_key_heads"],
+            linear_num_value_heads=text["linear_num_value_heads"],
+            linear_key_head_dim=text["linear_key_head_dim"],
+            linear_value_head_dim=text["linear_value_head_dim"],
+            linear_conv_kernel_dim=text.get("linear_conv_kernel_dim", 4),
+            rms_norm_eps=text.get("rms_norm_eps", 1e-6),
+            tie_word_embeddings=tie,
+            bos_token_id=text.get("bos_token_id", hf.get("bos_token_id")),
+            eos_token_id=text.get("eos_token_id", hf.get("eos_token_id")),
+            pad_token_id=text.get("pad_token_id", hf.get("pad_token_id")),
+            max_position_embeddings=text.get("max_position_embeddings", 32768),
+            architecture=arch,
+        )
+        if fields["linear_num_value_heads"] % fields["linear_num_key_heads"]:
+            raise CheckpointError("linear_num_value_heads must be a multiple of linear_num_key_heads")
+        return cls(**{**fields, **overrides})
+
+    def to_hf(self) -> dict:
+        """A text-only `Qwen3_5ForCausalLM` config (what `export_config` exports)."""
+        return dict(
+            architectures=[CAUSAL_LM],
+            model_type="qwen3_5_text",
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.num_layers,
+            layer_types=list(self.layer_types),
+            num_attention_heads=self.num_heads,
+            num_key_value_heads=self.num_kv_heads,
+            head_dim=self.head_dim,
+            linear_num_key_heads=self.linear_num_key_heads,
+            linear_num_value_heads=self.linear_num_value_heads,
+            linear_key_head_dim=self.linear_key_head_dim,
+            linear_value_head_dim=self.linear_value_head_dim,
+            linear_conv_kernel_dim=self.linear_conv_kernel_dim,
+            hidden_act="silu",
+            attention_bias=False,
+            rms_norm_eps=self.rms_norm_eps,
+            tie_word_embeddings=self.tie_word_embeddings,
+            max_position_embeddings=self.max_position_embeddings,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": self.rope.theta,
+                "partial_rotary_factor": self.rope.rotary_dim / self.head_dim,
+            },
+            bos_token_id=self.bos_token_id,
+            eos_token_id=self.eos_token_id,
+            pad_token_id=self.pad_token_id,
+        )
+
+
+def export_config(cfg: Config) -> Config:
+    """The config `save_pretrained` writes: text-only Qwen3_5ForCausalLM (no vision tower to carry)."""
+    return dataclasses.replace(cfg, architecture=CAUSAL_LM)
+
+
+# ----------------------------------------------------------------------------- layer schedule
+
+
+def layer_ids(cfg: Config, kind: str) -> tuple[int, ...]:
+    """HF layer indices of one kind, in the order their parameters are stacked."""
+    return tuple(i for i, t in enumerate(cfg.layer_types) if t == kind)
+
+
+def schedule(cfg: Config) -> tuple[tuple[tuple[str, int], ...], int]:
+    """(runs of one period as (kind, count), number of periods): the smallest repeating period."""
+    types, n = cfg.layer_types, cfg.num_layers
+    period = next(p for p in range(1, n + 1) if n % p == 0 and types == types[:p] * (n // p))
+    runs = tuple((kind, len(list(group))) for kind, group in itertools.groupby(types[:period]))
+    return runs, n // period
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+def _dims(cfg: Config) -> dict[str, int]:
+    nk, nv = cfg.linear_num_key_heads, cfg.linear_num_value_heads
+    dk, dv = cfg.linear_key_head_dim, cfg.linear_value_head_dim
+    return dict(key=nk * dk, value=nv * dv, conv=2 * nk * dk + nv * dv)
+
+
+def param_specs(cfg: Config) -> dict:
+    D, F, H = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+    NH, KH = cfg.num_heads * H, cfg.num_kv_heads * H
+    d = _dims(cfg)
+    Nv, W = cfg.linear_num_value_heads, cfg.linear_conv_kernel_dim
+    common = {
+        "input_norm": L.ParamSpec((D,), ("norm",), "zeros"),  # zero-centred: scale 1 + w
+        "post_norm": L.ParamSpec((D,), ("norm",), "zeros"),
+        "gate_proj": L.ParamSpec((D, F), ("embed", "mlp")),
+        "up_proj": L.ParamSpec((D, F), ("embed", "mlp")),
+        "down_proj": L.ParamSpec((F, D), ("mlp", "embed")),
+    }
+    delta = common | {
+        "in_proj_qkv": L.ParamSpec((D, d["conv"]), ("embed", "heads")),
+        "in_proj_z": L.ParamSpec((D, d["value"]), ("embed", "heads")),
+        "in_proj_b": L.ParamSpec((D, Nv), ("embed", None)),
+        "in_proj_a": L.ParamSpec((D, Nv), ("embed", None)),
+        "conv1d": L.ParamSpec((W, d["conv"]), ("conv", "heads"), scale=0.5),
+        "dt_bias": L.ParamSpec((Nv,), (None,), "ones"),
+        "A_log": L.ParamSpec((Nv,), (None,), "zeros"),
+        "norm": L.ParamSpec((cfg.linear_value_head_dim,), ("norm",), "ones"),  # gated norm: plain weight
+        "out_proj": L.ParamSpec((d["value"], D), ("heads", "embed")),
+    }
+    attn = common | {
+        "q_proj": L.ParamSpec((D, 2 * NH), ("embed", "heads")),  # per head: [query | gate]
+        "k_proj": L.ParamSpec((D, KH), ("embed", "kv_heads")),
+        "v_proj": L.ParamSpec((D, KH), ("embed", "kv_heads")),
+        "o_proj": L.ParamSpec((NH, D), ("heads", "embed")),
+        "q_norm": L.ParamSpec((H,), ("norm",), "zeros"),
+        "k_norm": L.ParamSpec((H,), ("norm",), "zeros"),
+    }
+    specs = {
+        "embed": L.ParamSpec((cfg.vocab_size, D), ("vocab", "embed")),
+        "delta_layers": {k: L.stacked(s, len(layer_ids(cfg, LINEAR))) for k, s in delta.items()},
+        "attn_layers": {k: L.stacked(s, len(layer_ids(cfg, FULL))) for k, s in attn.items()},
+        "final_norm": L.ParamSpec((D,), ("norm",), "zeros"),
+    }
+    if not cfg.tie_word_embeddings:
+        specs["lm_head"] = L.ParamSpec((D, cfg.vocab_size), ("embed", "vocab"))
+    return specs
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+def gated_deltanet(
+    x: Array, p: dict, cfg: Config, ctx: dict, layer_cache: dict | None, keys
+) -> tuple[Array, dict | None]:
+    """Gated DeltaNet token mixer on normed x [B, T, D] -> ([B, T, D], updated conv/recurrent state)."""
+    B, T, _ = x.shape
+    d = _dims(cfg)
+    Nk, Nv = cfg.linear_num_key_heads, cfg.linear_num_value_heads
+    Dk, Dv, W = cfg.linear_key_head_dim, cfg.linear_value_head_dim, cfg.linear_conv_kernel_dim
+    x = jnp.where(ctx["segments"][..., None] != 0, x, 0).astype(x.dtype)  # padding in, zeros (as HF)
+    mixed = L.linear(x, p["in_proj_qkv"], dropout_key=keys("in_proj_qkv"))  # [B, T, C]
+    z = L.linear(x, p["in_proj_z"], dropout_key=keys("in_proj_z")).reshape(B, T, Nv, Dv)
+    b = L.linear(x, p["in_proj_b"], dropout_key=keys("in_proj_b"))  # [B, T, Nv]
+    a = L.linear(x, p["in_proj_a"], dropout_key=keys("in_proj_a"))
+
+    if layer_cache is None:
+        history = jnp.zeros((B, W - 1, d["conv"]), x.dtype)
+        state = jnp.zeros((B, Nv, Dk, Dv), jnp.float32)
+    else:
+        history, state = layer_cache["conv"], layer_cache["state"]
+    mixed, history = gdn.causal_conv(mixed, L.weight(p["conv1d"]), history, ctx["runs"])
+    q, k, v = jnp.split(mixed, [d["key"], 2 * d["key"]], axis=-1)
+    q = gdn.l2norm(q.reshape(B, T, Nk, Dk).astype(jnp.float32)) * Dk**-0.5
+    k = gdn.l2norm(k.reshape(B, T, Nk, Dk).astype(jnp.float32))
+    q, k = jnp.repeat(q, Nv // Nk, axis=2), jnp.repeat(k, Nv // Nk, axis=2)  # k head i serves v heads i*G..
+    v = v.reshape(B, T, Nv, Dv)
+    beta = jax.nn.sigmoid(b).astype(jnp.float32)
+    g = -jnp.exp(p["A_log"].astype(jnp.float32)) * jax.nn.softplus(
+        a.astype(jnp.float32) + p["dt_bias"].astype(jnp.float32)
+    )
+    runs, state_run = ctx["runs"][:, W - 1 :], ctx["runs"][:, W - 2]
+    if T == 1:
+        out, state = gdn.recurrent_gated_delta_rule(q, k, v, g, beta, runs, state, state_run)
+    else:
+        out, state = gdn.chunk_gated_delta_rule(q, k, v, g, beta, runs, state, state_run, cfg.chunk_size)
+    out = L.rms_norm(out.astype(x.dtype), p["norm"], cfg.rms_norm_eps)  # [B, T, Nv, Dv]
+    out = (out.astype(jnp.float32) * jax.nn.silu(z.astype(jnp.float32))).astype(x.dtype)
+    out = L.linear(out.reshape(B, T, -1), p["out_proj"], dropout_key=keys("out_proj"))
+    new_cache = None if layer_cache is None else {"conv": history.astype(layer_cache["conv"].dtype), "state": state}
+    return out, new_cache
+
+
+def gated_attention(
+    x: Array, p: dict, cfg: Config, ctx: dict, layer_cache: dict | None, keys
+) -> tuple[Array, dict | None]:
+    """Full attention with a per-head sigmoid output gate; with a cache, k/v are written at ctx index."""
+    B, T, _ = x.shape
+    N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    qg = L.linear(x, p["q_proj"], dropout_key=keys("q_proj")).reshape(B, T, N, 2 * H)
+    q, gate = qg[..., :H], qg[..., H:].reshape(B, T, N * H)
+    k = L.linear(x, p["k_proj"], dropout_key=keys("k_proj")).reshape(B, T, K, H)
+    v = L.linear(x, p["v_proj"], dropout_key=keys("v_proj")).reshape(B, T, K, H)
+    q = L.rms_norm(q, p["q_norm"], cfg.rms_norm_eps, zero_centered=True)
+    k = L.rms_norm(k, p["k_norm"], cfg.rms_norm_eps, zero_centered=True)
+    q, k = L.apply_rope(q, *ctx["cos_sin"]), L.apply_rope(k, *ctx["cos_sin"])
+    if layer_cache is not None:
+        index = ctx["index"]
+        k_all = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype), (0, index, 0, 0))
+        v_all = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype), (0, index, 0, 0))
+        layer_cache = {"k": k_all, "v": v_all}
+        k, v = k_all.astype(x.dtype), v_all.astype(x.dtype)
+    out = L.dot_product_attention(q, k, v, ctx["mask"]).reshape(B, T, N * H)
+    out = out * jax.nn.sigmoid(gate.astype(jnp.float32)).astype(out.dtype)
+    return L.linear(out, p["o_proj"], dropout_key=keys("o_proj")), layer_cache
+
+
+MIXERS = {LINEAR: gated_deltanet, FULL: gated_attention}
+
+
+def decoder_layer(kind: str, x: Array, p: dict, cfg: Config, ctx: dict, layer_cache, keys):
+    """Pre-norm residual block: token mixer of `kind`, then the SwiGLU MLP."""
+    h = L.rms_norm(x, p["input_norm"], cfg.rms_norm_eps, zero_centered=True)
+    mixed, layer_cache = MIXERS[kind](h, p, cfg, ctx, layer_cache, keys)
+    x = x + mixed
+    h = L.rms_norm(x, p["post_norm"], cfg.rms_norm_eps, zero_centered=True)
+    x = x + L.swiglu_mlp(h, p, keys)
+    return constrain(x, ("batch", "seq", "embed")), layer_cache
+
+
+# ----------------------------------------------------------------------------- forward
+
+
+def init_cache(cfg: Config, batch: int, max_len: int, dtype=jnp.float32) -> dict:
+    """Empty decoding state: KV slots (attention layers), conv history + fp32 state (DeltaNet layers)."""
+    La, Ld = len(layer_ids(cfg, FULL)), len(layer_ids(cfg, LINEAR))
+    kv = (La, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    W = cfg.linear_conv_kernel_dim
+    state = (Ld, batch, cfg.linear_num_value_heads, cfg.linear_key_head_dim, cfg.linear_value_head_dim)
+    return {
+        "k": jnp.zeros(kv, dtype),
+        "v": jnp.zeros(kv, dtype),
+        "conv": jnp.zeros((Ld, batch, W - 1, _dims(cfg)["conv"]), dtype),
+        "state": jnp.zeros(state, jnp.float32),
+        "conv_segments": jnp.zeros((batch, W - 1), jnp.int32),  # segment ids of the conv history
+        "positions": jnp.zeros((batch, max_len), jnp.int32),
+        "segments": jnp.zeros((batch, max_len), jnp.int32),
+        "index": jnp.zeros((), jnp.int32),
+    }
+
+
+def hidden_states(
+    params: dict,
+    cfg: Config,
+    tokens: Array,
+    positions: Array,
+    segment_ids: Array,
+    cache: dict | None = None,
+    *,
+    lora_key: Array | None = None,
+    remat: str = "none",
+) -> tuple[Array, dict | None]:
+    """tokens/positions/segment_ids [B, T] -> final-normed hidden [B, T, D] (and the updated cache)."""
+    B, T = tokens.shape
+    W = cfg.linear_conv_kernel_dim
+    if W < 2:
+        raise ValueError("linear_conv_kernel_dim must be at least 2")
+    x = params["embed"].astype(jnp.dtype(cfg.dtype))[tokens]  # [B, T, D]
+    x = constrain(x, ("batch", "seq", "embed"))
+    segment_ids = segment_ids.astype(jnp.int32)
+    ctx = {"segments": segment_ids, "cos_sin": cfg.rope.cos_sin(positions)}
+    if cache is None:
+        ctx["mask"] = L.attention_mask(positions, segment_ids, positions, segment_ids)
+        history_segments = jnp.zeros((B, W - 1), jnp.int32)
+    else:
+        ctx["index"] = index = cache["index"]
+        positions_all = jax.lax.dynamic_update_slice(cache["positions"], positions.astype(jnp.int32), (0, index))
+        segments_all = jax.lax.dynamic_update_slice(cache["segments"], segment_ids, (0, index))
+        ctx["mask"] = L.attention_mask(positions, segment_ids, positions_all, segments_all)
+        history_segments = cache["conv_segments"]
+    ctx["runs"] = gdn.segment_runs(history_segments, segment_ids)  # [B, W-1+T]
+
+    runs, repeats = schedule(cfg)
+    per_period = {kind: sum(n for k, n in runs if k == kind) for kind in (LINEAR, FULL)}
+    groups = {LINEAR: "delta_layers", FULL: "attn_layers"}
+    fold = lambda tree, n: jax.tree.map(lambda a: a.reshape(repeats, n, *a.shape[1:]), tree)  # noqa: E731
+    stacked = {kind: fold(params[groups[kind]], per_period[kind]) for kind in groups if per_period[kind]}
+    caches = None
+    if cache is not None:
+        caches = {
+            LINEAR: fold({"conv": cache["conv"], "state": cache["state"]}, per_period[LINEAR]),
+            FULL: fold({"k": cache["k"], "v": cache["v"]}, per_period[FULL]),
+        }
+        caches = {kind: c for kind, c in caches.items() if per_period[kind]}
+    ids = {kind: np.asarray(layer_ids(cfg, kind)).reshape(repeats, -1) for kind in stacked}
+
+    def block(kind):
+        def run(x, scanned):
+            p, layer_cache, layer_id = scanned
+            return decoder_layer(kind, x, p, cfg, ctx, layer_cache, L.projection_keys(lora_key, layer_id))
+
+        return L.remat(run, remat)
+
+    def period(x, scanned):
+        p, c, layer_id = scanned
+        offset = {kind: 0 for kind in stacked}
+        out_caches = {kind: [] for kind in stacked}
+        for kind, n in runs:
+            o = offset[kind]
+            sl = lambda tree: jax.tree.map(lambda a: a[o : o + n], tree)  # noqa: E731,B023
+            x, new = jax.lax.scan(block(kind), x, (sl(p[kind]), None if c is None else sl(c[kind]), layer_id[kind][o : o + n]))
+            out_caches[kind].append(new)
+            offset[kind] += n
+        if c is None:
+            return x, None
+        joined = {k: jax.tree.map(lambda *a: jnp.concatenate(a), *v) for k, v in out_caches.items()}
+        return x, joined
+
+    x, new_caches = jax.lax.scan(period, x, (stacked, caches, {k: jnp.asarray(v) for k, v in ids.items()}))
+    x = L.rms_norm(x, params["final_norm"], cfg.rms_norm_eps, zero_centered=True)
+    if cache is not None:
+        unfold = lambda tree: jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), tree)  # noqa: E731
+        new_caches = {kind: unfold(c) for kind, c in new_caches.items()}
+        cache = {
+            **cache,
+            **new_caches.get(LINEAR, {}),
+            **new_caches.get(FULL, {}),
+            "conv_segments": jnp.concatenate([history_segments, segment_ids], axis=1)[:, T:],
+            "positions": positions_all,
+            "segments": segments_all,
+            "index": index + T,
+        }
+    return x, cache
+
+
+def unembed(params: dict, cfg: Config, hidden: Array) -> Array:
+    """Hidden [B, T, D] -> fp32 logits [B, T, V]."""
+    w = params["embed"].T if cfg.tie_word_embeddings else L.weight(params["lm_head"])
+    return jnp.einsum("btd,dv->btv", hidden, w.astype(hidden.dtype), preferred_element_type=jnp.float32)
+
+
+def forward(params, cfg, tokens, positions, segment_ids, cache=None, **kwargs) -> tuple[Array, dict | None]:
+    hidden, cache = hidden_states(params, cfg, tokens, positions, segment_ids, cache, **kwargs)
+    return unembed(params, cfg, hidden), cache
+
+
+# ----------------------------------------------------------------------------- weight map
+
+
+@dataclasses.dataclass(frozen=True)
+class StackedTensor(HFTensor):
+    """An HFTensor whose stacked index j is HF layer `layer_ids[j]` (layers of one kind only)."""
+
+    layer_ids: tuple[int, ...] = ()
+
+    def hf_key(self, layer: int | None) -> str:
+        return self.key.format(i=self.layer_ids[layer])
+
+    def consumed_keys(self, layer: int | None) -> tuple[str, ...]:
+        return tuple(k.format(i=self.layer_ids[layer]) for k in (self.source_keys or (self.key,)))
+
+
+def _conv_tensor(key: str, ids: tuple[int, ...], width: int, channels: int) -> StackedTensor:
+    """HF conv1d.weight [C, 1, W] <-> our [W, C]."""
+
+    def read(reader: CheckpointReader, layer: int) -> np.ndarray:
+        name = key.format(i=ids[layer])
+        shape = reader.shape(name)
+        if shape != (channels, 1, width):
+            raise CheckpointError(f"{reader.folder}: tensor {name!r} has shape {list(shape)}, expected {[channels, 1, width]}")
+        return reader.read(name)[:, 0, :].T
+
+    def write(arr: np.ndarray, layer: int) -> dict[str, np.ndarray]:
+        return {key.format(i=ids[layer]): np.ascontiguousarray(arr.T[:, None, :])}
+
+    return StackedTensor(key, layered=True, read=read, write=write, layer_ids=ids)
+
+
+def weight_map(cfg: Config) -> dict[tuple[str, ...], HFTensor]:
+    """Our parameter path -> HF tensor, for the layout of `cfg.architecture`."""
+    prefix = "model.language_model." if cfg.architecture == "Qwen3_5ForConditionalGeneration" else "model."
+    layer = prefix + "layers.{i}."
+    common = {
+        "input_norm": "input_layernorm.weight",
+        "post_norm": "post_attention_layernorm.weight",
+        **{f"{p}_proj": f"mlp.{p}_proj.weight" for p in ("gate", "up", "down")},
+    }
+    tables = {
+        ("delta_layers", LINEAR): common
+        | {n: f"linear_attn.{n}.weight" for n in ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "out_proj", "norm")}
+        | {"dt_bias": "linear_attn.dt_bias", "A_log": "linear_attn.A_log"},
+        ("attn_layers", FULL): common
+        | {f"{p}_proj": f"self_attn.{p}_proj.weight" for p in "qkvo"}
+        | {"q_norm": "self_attn.q_norm.weight", "k_norm": "self_attn.k_norm.weight"},
+    }
+    specs = param_specs(cfg)
+    out: dict[tuple[str, ...], HFTensor] = {
+        ("embed",): HFTensor(prefix + "embed_tokens.weight"),
+        ("final_norm",): HFTensor(prefix + "norm.weight"),
+    }
+    if "lm_head" in specs:
+        out[("lm_head",)] = HFTensor("lm_head.weight", transpose=True)
+    for (group, kind), table in tables.items():
+        ids = layer_ids(cfg, kind)
+        for name, spec in specs[group].items():
+            if name == "conv1d":
+                out[(group, name)] = _conv_tensor(layer + "linear_attn.conv1d.weight", ids, *spec.shape[1:])
+            else:
+                transpose = len(spec.shape) == 3
+                out[(group, name)] = StackedTensor(layer + table[name], transpose, layered=True, layer_ids=ids)
+    return out
