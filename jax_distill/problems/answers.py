@@ -66,6 +66,9 @@ def _as_choice(candidate: str) -> str | None:
     candidate = candidate.strip().strip("*").strip()
     if candidate.startswith("\\text{") and candidate.endswith("}"):
         candidate = candidate[6:-1]
+    alone = re.fullmatch(r"\(?([a-jA-J])\)?\.?", candidate)  # "(b)" alone: a letter in any case
+    if alone:
+        return alone.group(1).upper()
     m = _CHOICE.match(candidate)
     return m.group(1).upper() if m else None
 

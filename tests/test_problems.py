@@ -1,0 +1,166 @@
+"""Problems: answer extraction/checking, the synthetic generator, local sources with bad rows, splits,
+decontamination."""
+
+import json
+
+import pytest
+
+from jax_distill.problems import Problem, check_answers, extract_answer, load_problems, load_problems_with_report
+from jax_distill.problems import synthetic
+from jax_distill.problems.sources import BadRow, default_config
+
+
+@pytest.mark.parametrize("text,answer_type,want", [
+    ("so the total is \\boxed{\\frac{1}{2}} indeed", "latex", "\\frac{1}{2}"),
+    ("nested \\boxed{\\sqrt{\\frac{a}{b}}}.", "latex", "\\sqrt{\\frac{a}{b}}"),
+    ("I think 12 then 13.\nThe answer is 1,234.", "number", "1234"),
+    ("Final answer: -3.5", "number", "-3.5"),
+    ("we get 7 and then 9\nSo she has 42 apples now.", "number", "42"),
+    ("<think>The answer is 3.</think>The answer is \\boxed{4}.", "number", "4"),
+    ("<think>maybe 5, so the answer is 5</think>I am done.", "number", "5"),
+    ("Comparing options, the answer is (C) green.", "choice", "C"),
+    ("Answer: B", "choice", "B"),
+    ("reasoning...\n\\boxed{D}", "choice", "D"),
+    ("x = \\frac{3}{4}", "latex", "\\frac{3}{4}"),
+    ("no digits at all here", "number", None),
+    ("", "number", None),
+])
+def test_extract_answer(text, answer_type, want):
+    assert extract_answer(text, answer_type) == want
+
+
+def test_extract_answer_rejects_unknown_type():
+    with pytest.raises(ValueError, match="answer_type"):
+        extract_answer("42", "integer")
+
+
+def test_check_answers_exact_letters_and_math_verify():
+    got = check_answers([
+        ("42", "42", "number"),
+        ("42.0", "42", "number"),
+        ("43", "42", "number"),
+        (None, "42", "number"),
+        ("B", "B", "choice"),
+        ("(b)", "B", "choice"),
+        ("C", "B", "choice"),
+        ("\\frac{1}{2}", "0.5", "latex"),     # through math-verify in the pool
+        ("(x+1)^2", "x^2+2x+1", "latex"),
+        ("\\frac{1}{3}", "0.5", "latex"),
+    ], timeout_s=30)
+    assert got == [True, True, False, False, True, True, False, True, True, False]
+
+
+def test_check_answers_times_out_pathological_item_and_recovers():
+    # A power tower sympy tries to evaluate: the item is unverified (None), the pool is replaced and
+    # the next items are still checked.
+    got = check_answers([("9^{9^{9^{9^{9}}}}", "3", "latex"), ("\\frac{2}{4}", "\\frac{1}{2}", "latex")], timeout_s=2)
+    assert got == [None, True]
+
+
+def test_synthetic_deterministic_unique_and_solvable():
+    a = synthetic.generate(60, seed=3, steps=3, max_value=15)
+    b = synthetic.generate(60, seed=3, steps=3, max_value=15)
+    assert a == b
+    assert len({p.question for p in a}) == 60 and len({p.id for p in a}) == 60
+    for p in a:
+        steps = synthetic.solve(p.question)
+        assert steps is not None and len(steps) - 1 <= 3 and str(steps[-1].after) == p.gold
+        assert int(p.gold) >= 0
+    assert synthetic.generate(5, seed=4) != synthetic.generate(5, seed=3)
+
+
+def test_synthetic_easiest_setting_is_small():
+    easy = synthetic.generate(50, seed=0, steps=1, max_value=9, ops="add,sub")
+    for p in easy:
+        steps = synthetic.solve(p.question)
+        assert len(steps) == 2 and steps[1].op in ("add", "sub")
+        assert all(int(t) <= 18 for t in p.question.split() if t.isdigit())
+    with pytest.raises(ValueError, match="ops"):
+        synthetic.generate(3, ops="add,pow")
+
+
+def test_split_is_deterministic_and_stable_when_problems_are_added():
+    cfg = default_config()
+    cfg.synthetic.num = 200
+    train, evals = load_problems(cfg)
+    assert len(train) + len(evals) == 200 and 5 <= len(evals) <= 40
+    assert {p.id for p in train}.isdisjoint(p.id for p in evals)
+    cfg.synthetic.num = 300
+    train2, evals2 = load_problems(cfg)
+    assert {p.id for p in evals} <= {p.id for p in evals2}  # no id changes side
+    assert {p.id for p in train} <= {p.id for p in train2}
+    cfg.split_seed = 1
+    assert {p.id for p in load_problems(cfg)[1]} != {p.id for p in evals2}
+
+
+def _local_cfg(path, **fields):
+    cfg = default_config()
+    cfg.sources = "local"
+    cfg.local.paths = str(path)
+    for k, v in fields.items():
+        setattr(cfg.local, k, v)
+    return cfg
+
+
+def test_local_jsonl_field_mapping_and_bad_rows_counted(tmp_path):
+    path = tmp_path / "mine.jsonl"
+    good = [{"uid": f"q{i}", "problem": f"What is {i} + {i}?", "solution": i * 2, "part": "train"} for i in range(6)]
+    good.append({"uid": "t0", "problem": "What is 10 + 1?", "solution": "11", "part": "test"})
+    lines = [json.dumps(r).encode() for r in good]
+    lines += [
+        json.dumps({"uid": "bad1", "problem": "What is 1 + 1?"}).encode(),                      # missing answer
+        json.dumps({"uid": "bad2", "problem": ["not", "text"], "solution": "3"}).encode(),       # wrong type
+        json.dumps({"uid": "bad3", "problem": "What is 2 + 2?", "solution": {"v": 4}}).encode(),  # wrong type
+        b'{"uid": "bad4", "problem": "caf\xe9 \xff", "solution": "1"}',                         # invalid UTF-8
+        b'{"uid": "bad5", "problem": ',                                                          # invalid JSON
+        json.dumps({"uid": "q0", "problem": "What is 9 + 9?", "solution": "18"}).encode(),      # duplicate id
+    ]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    cfg = _local_cfg(path, id_field="uid", question_field="problem", gold_field="solution", split_field="part")
+    train, evals, report = load_problems_with_report(cfg)
+    assert [p.id for p in evals] == ["t0"]
+    assert sorted(p.id for p in train) == [f"q{i}" for i in range(6)]
+    assert train[3] == Problem("q3", "mine", "What is 3 + 3?", "6", "number")
+    src = report["sources"]["local"]
+    assert src["rows"] == 13 and src["loaded"] == 8
+    assert src["bad_rows"] == {"missing_answer": 1, "wrong_type:question": 1, "wrong_type:answer": 1,
+                               "invalid_utf8": 1, "invalid_json": 1}
+    assert any(f"{path}:8" in e and "missing_answer" in e for e in src["bad_examples"])
+    assert report["duplicate_ids"]["count"] == 1
+
+    cfg.on_bad_row = "error"
+    with pytest.raises(BadRow, match=rf"mine.jsonl:8: missing_answer: field 'solution'"):
+        load_problems(cfg)
+
+
+def test_local_parquet_choices(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = {"id": ["c1", "c2"], "question": ["Sky colour?", "Grass colour?"], "answer": ["b", "(C)"],
+            "options": [["red", "blue", "green"], ["red", "blue", "green"]], "split": ["test", "train"]}
+    path = tmp_path / "mc.parquet"
+    pq.write_table(pa.table(rows), path)
+    cfg = _local_cfg(path, answer_type="choice", choices_field="options", split_field="split", dataset="mc")
+    train, evals = load_problems(cfg)
+    assert evals[0].gold == "B" and evals[0].choices == ("red", "blue", "green")
+    assert "(B) blue" in evals[0].question and train[0].gold == "C"
+    assert check_answers([(extract_answer("The answer is (C).", "choice"), train[0].gold, "choice")]) == [True]
+
+
+def test_decontamination_removes_near_duplicates_and_reports(tmp_path):
+    path = tmp_path / "d.jsonl"
+    eval_q = "A train leaves the station at noon travelling at sixty miles per hour towards the city"
+    rows = [
+        {"id": "e1", "question": eval_q, "answer": "1", "split": "test"},
+        {"id": "t1", "question": "Yesterday a train leaves the station at noon travelling at sixty miles per hour", "answer": "2", "split": "train"},
+        {"id": "t2", "question": "A bus leaves the depot at dawn going slowly to the village", "answer": "3", "split": "train"},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    cfg = _local_cfg(path, split_field="split")
+    train, evals, report = load_problems_with_report(cfg)
+    assert [p.id for p in train] == ["t2"]
+    d = report["decontamination"]
+    assert d["removed"] == 1 and d["examples"][0]["train_id"] == "t1" and d["examples"][0]["eval_id"] == "e1"
+    cfg.decontam_ngram = 0
+    assert len(load_problems(cfg)[0]) == 2
