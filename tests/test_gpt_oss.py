@@ -1,5 +1,6 @@
 """gpt-oss student against transformers: logits, gradients, KV cache, MoE kernel, MXFP4, export."""
 
+import dataclasses
 import functools
 import json
 
@@ -71,7 +72,7 @@ def test_tiny_config_exercises_window_and_clamp(tiny):
     folder, reference = tiny
     model = from_pretrained(folder)
     tokens, positions, segments, _ = hf_tiny.padded_batch(model.config.vocab_size, [13, 7, 10], seed=1)
-    wide = gpt_oss.Config(**{**model.config.__dict__, "sliding_window": 1000})
+    wide = dataclasses.replace(model.config, sliding_window=1000)
     base = _logits(model, tokens, positions, segments)
     no_window, _ = _forward(model.params, wide, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(segments))
     assert np.abs(base - np.asarray(no_window))[0, 6:].max() > 1e-3
@@ -281,6 +282,14 @@ def test_mxfp4_checkpoint_loads_like_transformers_and_exports_plain(tiny, tmp_pa
         for name in ("gate_up_proj", "down_proj"):
             theirs = state[f"model.layers.{i}.mlp.experts.{name}"].numpy()
             np.testing.assert_array_equal(np.asarray(model.params["layers"][name][i]), theirs)
+    # on a mesh each device dequantizes only its block; down_proj's input dim (96) splits into 24s,
+    # which cut through 32-wide scale groups
+    from jax_distill.parallel.sharding import ShardingRules, make_mesh
+
+    placed = from_pretrained(quantized, rules=ShardingRules(make_mesh(data=1, fsdp=-1, tensor=4)))
+    assert placed.params["layers"]["down_proj"].sharding.spec[2:] == ("tensor", "fsdp")
+    for name in ("gate_up_proj", "down_proj"):
+        np.testing.assert_array_equal(np.asarray(placed.params["layers"][name]), np.asarray(model.params["layers"][name]))
     tokens, positions, segments, mask = hf_tiny.padded_batch(model.config.vocab_size, [12, 8], seed=9)
     ours = _logits(model, tokens, positions, segments)
     _assert_close_on_real(ours, hf_tiny.torch_logits(reference, tokens, positions, mask), mask)
@@ -328,3 +337,70 @@ def test_round_trip_through_transformers(tiny, tmp_path):
     assert again.config == model.config
     for a, b in zip(jax.tree.leaves(model.params), jax.tree.leaves(again.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_lora_on_attention_runs_and_export_merges(tiny, tmp_path):
+    """Attention projections go through layers.linear: an adapter changes the logits exactly as its
+    merged weight does, and export writes the merged weights."""
+    from jax_distill.models.layers import Adapted, LoRA, weight
+
+    folder, _ = tiny
+    model = from_pretrained(folder)
+    rng = np.random.default_rng(11)
+    layers = dict(model.params["layers"])
+    for name in ("q_proj", "o_proj"):
+        n_layers, n_in, n_out = layers[name].shape
+        lora = LoRA(jnp.asarray(rng.standard_normal((n_layers, n_in, 3), np.float32)),
+                    jnp.asarray(0.05 * rng.standard_normal((n_layers, 3, n_out), np.float32)), scale=2.0)  # fmt: skip
+        layers[name] = Adapted(layers[name], lora)
+    adapted = dataclasses.replace(model, params={**model.params, "layers": layers})
+    merged = dataclasses.replace(model, params=jax.tree.map(weight, adapted.params, is_leaf=lambda x: isinstance(x, Adapted)))
+    tokens, positions, segments, mask = hf_tiny.padded_batch(model.config.vocab_size, [10, 7], seed=12)
+    with_lora = np.asarray(adapted.forward(jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(segments))[0])
+    base, merged_logits = _logits(model, tokens, positions, segments), _logits(merged, tokens, positions, segments)
+    _assert_close_on_real(with_lora, merged_logits, mask, 1e-4)
+    assert np.abs(with_lora - base)[mask.astype(bool)].max() > 1e-2
+
+    out = save_pretrained(adapted, tmp_path / "export")
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
+    _assert_close_on_real(hf_tiny.torch_logits(reloaded, tokens, positions, mask), merged_logits, mask)
+
+
+# gpt-oss-20b's config.json as released (quantized experts; old-style rope_scaling + rope_theta)
+GPT_OSS_20B = {
+    "architectures": ["GptOssForCausalLM"], "attention_bias": True, "eos_token_id": 200002,
+    "experts_per_token": 4, "head_dim": 64, "hidden_act": "silu", "hidden_size": 2880,
+    "initial_context_length": 4096, "intermediate_size": 2880,
+    "layer_types": ["sliding_attention", "full_attention"] * 12, "max_position_embeddings": 131072,
+    "model_type": "gpt_oss", "num_attention_heads": 64, "num_experts_per_tok": 4, "num_hidden_layers": 24,
+    "num_key_value_heads": 8, "num_local_experts": 32, "pad_token_id": 199999,
+    "quantization_config": MXFP4_CONFIG, "rms_norm_eps": 1e-05,
+    "rope_scaling": {"beta_fast": 32.0, "beta_slow": 1.0, "factor": 32.0, "original_max_position_embeddings": 4096,
+                     "rope_type": "yarn", "truncate": False},
+    "rope_theta": 150000, "sliding_window": 128, "swiglu_limit": 7.0, "tie_word_embeddings": False,
+    "vocab_size": 201088,
+}  # fmt: skip
+
+
+def test_released_20b_config_reads_like_transformers():
+    """The real config: same YaRN frequencies and attention factor, same parameter count, quantized experts."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    cfg = gpt_oss.Config.from_hf(GPT_OSS_20B)
+    assert cfg.mxfp4 and cfg.num_experts_per_token == 4 and cfg.sliding_window == 128
+    assert cfg.layer_types[:2] == ("sliding_attention", "full_attention")
+    hf_cfg = transformers.GptOssConfig(**{k: v for k, v in GPT_OSS_20B.items() if k != "quantization_config"})
+    inv, factor = cfg.rope.inverse_frequencies()
+    inv_t, factor_t = ROPE_INIT_FUNCTIONS["yarn"](hf_cfg, "cpu")
+    np.testing.assert_allclose(np.asarray(inv), inv_t.numpy(), rtol=1e-6)
+    assert factor == pytest.approx(factor_t)
+    with torch.device("meta"):
+        reference = transformers.AutoModelForCausalLM.from_config(hf_cfg)
+    specs = jax.tree.leaves(gpt_oss.param_specs(cfg), is_leaf=lambda x: hasattr(x, "axes"))
+    assert sum(int(np.prod(s.shape)) for s in specs) == sum(p.numel() for p in reference.parameters())
+    keys = {k for t in gpt_oss.weight_map(cfg).values() for i in (0, 23) for k in t.consumed_keys(i)}
+    assert "model.layers.23.mlp.experts.down_proj_scales" in keys and "model.layers.0.mlp.experts.gate_up_proj" not in keys
+    # export of a model loaded from this config is a plain transformers config
+    assert "quantization_config" not in cfg.to_hf()
+    again = gpt_oss.Config.from_hf(cfg.to_hf())
+    assert again == dataclasses.replace(cfg, mxfp4=False)

@@ -185,22 +185,28 @@ def param_specs(cfg: Config) -> dict:
 
 
 def _mxfp4_reader(key: str, shape: tuple[int, ...]):
-    """Read hook: one layer's `<key>_blocks` + `<key>_scales` dequantized to [E, in, out]."""
+    """Sliced read hook: block `index` of one layer's weight [E, in, out], dequantized from
+    `<key>_blocks` / `<key>_scales`. Only the scale groups covering the block are read, so each device
+    dequantizes its own shard (a released 20B layer is ~2 GB once dequantized to fp32)."""
 
-    def read(reader, layer):
+    def read(reader, layer, index=()):
         name = key.format(i=layer)
-        blocks, scales = reader.read(name + "_blocks"), reader.read(name + "_scales")
         E, n_in, n_out = shape
-        want_blocks = (E, n_out, n_in // mxfp4.BLOCK, mxfp4.BLOCK // 2)
-        if blocks.shape != want_blocks or scales.shape != want_blocks[:-1]:
+        want = (E, n_out, n_in // mxfp4.BLOCK, mxfp4.BLOCK // 2)
+        got_blocks, got_scales = reader.shape(name + "_blocks"), reader.shape(name + "_scales")
+        if got_blocks != want or got_scales != want[:-1]:
             raise CheckpointError(
-                f"{reader.folder}: MXFP4 tensors {name}_blocks {list(blocks.shape)} / {name}_scales "
-                f"{list(scales.shape)}, expected {list(want_blocks)} / {list(want_blocks[:-1])}"
+                f"{reader.folder}: MXFP4 tensors {name}_blocks {list(got_blocks)} / {name}_scales "
+                f"{list(got_scales)}, expected {list(want)} / {list(want[:-1])}"
             )
+        e, i, o = (slice(*s.indices(n)) for s, n in zip(tuple(index) + (slice(None),) * 3, shape))
+        g0, g1 = i.start // mxfp4.BLOCK, -(-i.stop // mxfp4.BLOCK)  # scale groups covering the inputs
+        groups = (e, o, slice(g0, g1))
         try:
-            return mxfp4.dequantize(blocks, scales)
-        except ValueError as e:
-            raise CheckpointError(f"{reader.folder}: {name}: {e}") from None
+            w = mxfp4.dequantize(reader.read(name + "_blocks", groups), reader.read(name + "_scales", groups))
+        except ValueError as err:
+            raise CheckpointError(f"{reader.folder}: {name}: {err}") from None
+        return w[:, i.start - g0 * mxfp4.BLOCK : i.stop - g0 * mxfp4.BLOCK]  # [e, i, o]
 
     return read
 
@@ -233,7 +239,11 @@ def weight_map(cfg: Config) -> dict[tuple[str, ...], HFTensor]:
         key = prefix + key
         if cfg.mxfp4 and name in ("gate_up_proj", "down_proj"):
             out[("layers", name)] = HFTensor(
-                key, layered=True, read=_mxfp4_reader(key, spec.shape[1:]), source_keys=(key + "_blocks", key + "_scales")
+                key,
+                layered=True,
+                read=_mxfp4_reader(key, spec.shape[1:]),
+                read_sliced=True,
+                source_keys=(key + "_blocks", key + "_scales"),
             )
         else:
             out[("layers", name)] = HFTensor(key, transpose=transpose, layered=True)

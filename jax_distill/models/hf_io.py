@@ -54,6 +54,7 @@ class HFTensor:
     read: Callable[["CheckpointReader", int | None], np.ndarray] | None = None
     write: Callable[[np.ndarray, int | None], dict[str, np.ndarray]] | None = None
     source_keys: tuple[str, ...] = ()  # HF keys consumed by a custom `read` (for missing/unexpected checks)
+    read_sliced: bool = False  # `read(reader, layer, index)` returns just that block (big quantized tensors)
 
     def hf_key(self, layer: int | None) -> str:
         return self.key.format(i=layer)
@@ -227,6 +228,8 @@ def _build(reader: CheckpointReader, t: HFTensor, spec: ParamSpec, dtype, shardi
     """One parameter as a (sharded) jax.Array; each device reads only its own block."""
 
     def per_layer(layer: int | None, index: tuple[slice, ...]) -> np.ndarray:
+        if t.read is not None and t.read_sliced:
+            return np.asarray(t.read(reader, layer, index))
         if t.read is not None:
             return np.asarray(t.read(reader, layer))[index]
         if t.transpose:
