@@ -117,7 +117,7 @@ class ProceduralTeacher:
                  f"{name} starts with {start.after} {item}, and then {len(ops)} thing{'s' if len(ops) > 1 else ''} "
                  f"happen{'' if len(ops) > 1 else 's'} to them. The question asks how many {item} {name} has at the end.",
                  "I'll go through it one sentence at a time and keep a running total."]
-        wrong_at = rng.randrange(len(ops)) if rng.random() < self.wrong_rate else -1
+        wrong_at, wrong_value = self._plan_slip(ops, start.after, rng) if rng.random() < self.wrong_rate else (-1, 0)
         detour_at = rng.randrange(len(ops)) if rng.random() < self.detour_rate else -1
         value = start.after
         for i, step in enumerate(ops):
@@ -140,7 +140,7 @@ class ProceduralTeacher:
                 lines.append(f"Hmm, wait. That doesn't look right. Let me redo it: {value} {_SYMBOL[step.op]} "
                              f"{operand} = {new}, not {bad}. Good thing I checked.")
             elif i == wrong_at:
-                new = self._slip(new, rng)  # the uncaught mistake, carried to the end
+                new = wrong_value  # the uncaught mistake, carried to the end
                 lines.append(f"So {value} {_SYMBOL[step.op]} {operand} = {new}.")
             else:
                 lines.append(f"So {value} {_SYMBOL[step.op]} {operand} = {new}.")
@@ -149,6 +149,27 @@ class ProceduralTeacher:
         lines.append(self._self_check(ops, value, start.after, wrong_at, rng))
         lines.append(f"So {name} has {value} {item} now.")
         return "\n".join(lines), f"{name} has {value} {item} now. The answer is \\boxed{{{value}}}."
+
+    def _plan_slip(self, ops, start: int, rng: random.Random) -> tuple[int, int]:
+        """(step index, wrong value there) such that the final answer ends up wrong (a slip followed by
+        an integer division can vanish; then another step is tried, the last one always works)."""
+        def final(at: int, bad: int) -> int:
+            value = start
+            for i, step in enumerate(ops):
+                value = bad if i == at else self._apply(step, value)
+            return value
+
+        correct = final(-1, 0)
+        order = list(range(len(ops)))
+        rng.shuffle(order)
+        for at in order + [len(ops) - 1]:
+            value = start
+            for step in ops[:at]:
+                value = self._apply(step, value)
+            bad = self._slip(self._apply(ops[at], value), rng)
+            if final(at, bad) != correct:
+                return at, bad
+        return len(ops) - 1, bad
 
     @staticmethod
     def _apply(step, value: int) -> int:

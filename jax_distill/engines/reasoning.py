@@ -16,7 +16,7 @@ import re
 STYLES = ("think", "harmony", "none")
 _END_MARKERS = ("<|im_end|>", "<|endoftext|>", "<|return|>", "<|end|>", "<|eot_id|>", "</s>", "<pad>")
 _HARMONY_MSG = re.compile(
-    r"(?:<\|start\|>\s*assistant\s*)?<\|channel\|>\s*(?P<channel>\w+)[^<]*?<\|message\|>(?P<body>.*?)"
+    r"(?:<\|start\|>\s*assistant\s*)?<\|channel\|>\s*(?P<channel>\w+)(?:(?!<\|channel\|>).)*?<\|message\|>(?P<body>.*?)"
     r"(?=<\|end\|>|<\|return\|>|<\|call\|>|<\|start\|>|$)",
     re.DOTALL,
 )
