@@ -402,3 +402,27 @@ def test_custom_field_mapping_and_config_errors(tok, tmp_path):
     ds, _ = data.make_dataset(config(all_bad, num_epochs=0), tok, seq_len=64, batch_size=1, seed=0)
     with pytest.raises(DataError, match="no usable record"):
         drain(ds, 1)
+
+
+def test_worker_processes_give_the_same_stream_and_resume_exactly(files, tok):
+    from absl import flags
+
+    flags.FLAGS.mark_as_parsed()  # Grain worker processes read absl flags
+    kw = dict(seq_len=80, batch_size=2, seed=1)
+    cfg = config(files[0], overlong="truncate")
+    ds, stats0 = data.make_dataset(cfg, tok, **kw)
+    _, ref = drain(ds)
+    cfg.workers = 2
+    ds, stats = data.make_dataset(cfg, tok, **kw)
+    it, got = drain(ds, 4)
+    state = json.loads(json.dumps(it.get_state()))
+    got += list(it)
+    it.close()
+    assert len(got) == len(ref) and stats.as_dict() == stats0.as_dict()
+    it = iter(ds)
+    it.set_state(state)
+    rest = list(it)
+    it.close()
+    for x, y in zip(got + rest, ref + ref[4:], strict=True):
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])

@@ -364,7 +364,7 @@ def example_dataset(
     files = resolve_files(cfg.path, cfg.format)
     columns = sorted({v.split(".")[0] for v in cfg.fields.to_dict().values() if v})
     source = RecordSource(files, cfg.format, columns)
-    stats = stats or DataStats(files)
+    stats = stats or DataStats(source.names)
     ds = grain.MapDataset.source(source)[process_index::process_count]
     shard_len = len(ds)
     if shard_len == 0:
@@ -373,7 +373,7 @@ def example_dataset(
         shuffle_seed = seed if cfg.shuffle_seed < 0 else cfg.shuffle_seed
         ds = ds.shuffle(seed=int(shuffle_seed) % 2**32)
     ds = ds.repeat(cfg.num_epochs or None)
-    ds = ds.map(_Format(ChatFormat(tokenizer, cfg), cfg, seq_len, source.files, source.formats))
+    ds = ds.map(_Format(ChatFormat(tokenizer, cfg), cfg, seq_len, source.names, source.formats))
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(cfg.read_threads, 1), prefetch_buffer_size=64))
     if cfg.workers:
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.workers))

@@ -21,6 +21,7 @@ from jax_distill.data.chat import DataError
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 PARQUET_SUFFIXES = (".parquet", ".pq")
+_REMOTE: dict[str, str] = {}  # local cache path -> the gs:// name reports should show
 
 
 def resolve_files(spec: str, fmt: str = "auto") -> list[str]:
@@ -48,7 +49,8 @@ def resolve_files(spec: str, fmt: str = "auto") -> list[str]:
 
 
 def _gcs_files(spec: str) -> list[str]:
-    """gs:// files are copied once into a local cache (the same cache models use), then read locally."""
+    """gs:// files are copied into a local cache (the same cache models use; again when the remote size
+    changes), then read locally with pread like any file."""
     import gcsfs
 
     fs = gcsfs.GCSFileSystem()
@@ -61,11 +63,12 @@ def _gcs_files(spec: str) -> list[str]:
     out = []
     for r in remote:
         local = cache / r
-        if not local.exists():
+        if not local.exists() or local.stat().st_size != fs.info(r)["size"]:  # new or rewritten upstream
             local.parent.mkdir(parents=True, exist_ok=True)
             partial = local.with_name(local.name + f".partial{os.getpid()}")
             fs.get(r, str(partial))
             os.replace(partial, local)
+        _REMOTE[str(local)] = "gs://" + r
         out.append(str(local))
     return out
 
@@ -114,6 +117,7 @@ class RecordSource:
 
     def __init__(self, files: list[str], fmt: str = "auto", columns: list[str] | None = None):
         self.files = list(files)
+        self.names = [_REMOTE.get(f, f) for f in self.files]  # for reports: gs:// names, not cache paths
         self.formats = [_format_of(f, fmt) for f in self.files]
         self.columns = columns
         counts = []
@@ -157,7 +161,7 @@ class RecordSource:
 
     def where(self, file: int, line: int) -> str:
         unit = "line" if self.formats[file] == "jsonl" else "row"
-        return f"{self.files[file]}:{unit} {line}"
+        return f"{self.names[file]}:{unit} {line}"
 
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self):
