@@ -342,6 +342,23 @@ def test_parquet_gives_the_same_examples_as_jsonl(files, tok, tmp_path):
         np.testing.assert_array_equal(x["loss_mask"], y["loss_mask"])
 
 
+def test_jsonl_source_reads_each_line_across_scan_chunks(tmp_path, monkeypatch):
+    from jax_distill.data.sources import JsonlIndex
+
+    monkeypatch.setattr(JsonlIndex, "CHUNK", 5)  # many chunk boundaries inside lines
+    content = b'{"a": 1}\r\n\n   \n{"b": "\xc3\xa9t\xc3\xa9"}\n\n{"c": [1, 2, 3]}'  # CRLF, blanks, no final newline
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(content)
+    src = data.RecordSource([str(path)])
+    expected = [(i + 1, line) for i, line in enumerate(content.split(b"\n")) if line.strip()]
+    assert len(src) == 3
+    assert [(r["line"], r["raw"]) for r in (src[i] for i in range(3))] == expected
+    import pickle
+
+    again = pickle.loads(pickle.dumps(src))  # what Grain workers receive: no open files, same reads
+    assert again[2]["raw"] == src[2]["raw"] and src.where(0, 4) == f"{path}:line 4"
+
+
 # ----------------------------------------------------------------------------- bad input
 
 

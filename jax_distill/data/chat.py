@@ -97,7 +97,7 @@ class ChatFormat:
         else:
             self.style = "inline"
         self._render_template = _fixed_date(self.template, cfg.template_date)
-        self.template_kwargs = dict(cfg.template_kwargs) if cfg.get("template_kwargs") else {}
+        self.template_kwargs = cfg.template_kwargs.to_dict() if cfg.get("template_kwargs") else {}
         special = set(tokenizer.all_special_ids)
         special |= {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
         self.special_ids = special

@@ -72,7 +72,11 @@ def data_config() -> ConfigDict:
 
 @dataclasses.dataclass
 class DataStats:
-    """What the pipeline read, skipped, truncated and packed so far (updated as batches are drawn)."""
+    """What the pipeline read, skipped, truncated and packed so far (updated as batches are drawn).
+
+    Record counts include the few records the packer has read ahead of the last emitted batch; after
+    `set_state` they restart from the packer's restored position and re-count those records, so they
+    end where an uninterrupted run ends. Token counts are exactly those of the emitted batches."""
 
     files: list[str]
     read: int = 0  # records read, usable or not

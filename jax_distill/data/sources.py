@@ -89,24 +89,29 @@ def _format_of(path: str, fmt: str) -> str | None:
 class JsonlIndex:
     """Byte offsets of the non-blank lines of one JSONL file (built once with numpy over an mmap)."""
 
+    CHUNK = 1 << 26  # scan 64 MiB at a time: trace files can be many GB
+
     def __init__(self, path: str):
         self.path = path
         size = os.path.getsize(path)
         if size == 0:
             self.offsets = self.lengths = self.lines = np.zeros(0, np.int64)
             return
+        chunk = self.CHUNK
+        newlines = []
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            buf = np.frombuffer(m, np.uint8)
-            newlines = np.flatnonzero(buf == 10)
+            for lo in range(0, size, chunk):
+                part = np.frombuffer(m, np.uint8, count=min(chunk, size - lo), offset=lo)
+                newlines.append(np.flatnonzero(part == 10) + lo)
+                del part
+            newlines = np.concatenate(newlines)
             starts = np.concatenate([[0], newlines + 1])
             ends = np.concatenate([newlines, [size]])
             keep = ends > starts
             # lines of only whitespace are not records (e.g. a trailing blank line)
-            short = np.flatnonzero(keep & (ends - starts < 8))
-            for i in short:
-                if not bytes(buf[starts[i] : ends[i]]).strip():
+            for i in np.flatnonzero(keep & (ends - starts < 8)):
+                if not m[starts[i] : ends[i]].strip():
                     keep[i] = False
-            del buf
         self.offsets = starts[keep].astype(np.int64)
         self.lengths = (ends - starts)[keep].astype(np.int64)
         self.lines = (np.flatnonzero(keep) + 1).astype(np.int64)
