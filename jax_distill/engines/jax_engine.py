@@ -39,14 +39,16 @@ class JaxEngine:
     name = "jax"
 
     def __init__(self, model, tokenizer, rules=None, batch_size: int = 32, chat: ConfigDict | None = None,
-                 model_name: str = "", chunk_size: int = 64):
+                 model_name: str = "", chunk_size: int = 64, reasoning: str = ""):
+        """chat: chat_config() fields (template, system, template_kwargs...); reasoning: how outputs mark
+        reasoning (think | harmony | none; "" = from the template: harmony for gpt-oss, else think)."""
         from jax_distill.data.chat import ChatFormat
 
         self.model = model_name or getattr(model, "family", "jax")
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.format = ChatFormat(tokenizer, chat if chat is not None else chat_config())
-        self.style = "harmony" if self.format.style == "harmony" else "think"
+        self.style = reasoning or ("harmony" if self.format.style == "harmony" else "think")
         self.sampler = Sampler(model, tokenizer, rules=rules, chunk_size=chunk_size)
 
     def count_tokens(self, text: str) -> int:
@@ -92,9 +94,11 @@ class JaxEngine:
         return out  # type: ignore[return-value]
 
 
-def load(path: str, dtype: str = "bfloat16", compute_dtype: str = "", mesh: Any = None, tokenizer: str = "",
+def load(path: str, dtype: str = "auto", compute_dtype: str = "", mesh: Any = None, tokenizer: str = "",
          **kwargs) -> JaxEngine:
-    """A JaxEngine for an HF folder (local or gs://), weights placed on a (data, fsdp, tensor) mesh."""
+    """A JaxEngine for an HF folder (local or gs://), weights placed on a (data, fsdp, tensor) mesh.
+    dtype "auto": bfloat16 on accelerators, float32 on CPU."""
+    import jax
     import jax.numpy as jnp
     from transformers import AutoTokenizer
 
@@ -102,6 +106,8 @@ def load(path: str, dtype: str = "bfloat16", compute_dtype: str = "", mesh: Any 
     from jax_distill.models.hf_io import local_folder
     from jax_distill.parallel.sharding import ShardingRules, make_mesh
 
+    if dtype in ("", "auto"):
+        dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
     mesh = dict(mesh or {})
     rules = ShardingRules(make_mesh(mesh.get("data", -1), mesh.get("fsdp", 1), mesh.get("tensor", 1)))
     model = from_pretrained(path, dtype=jnp.dtype(dtype), compute_dtype=jnp.dtype(compute_dtype or dtype), rules=rules)
@@ -110,18 +116,20 @@ def load(path: str, dtype: str = "bfloat16", compute_dtype: str = "", mesh: Any 
 
 
 def from_config(cfg) -> JaxEngine:
-    """From an `engine` sub-config: model (HF folder), and optionally dtype, compute_dtype, tokenizer,
-    mesh {data, fsdp, tensor}, batch_size, chunk_size and the chat fields of chat_config()."""
+    """From the `engine` sub-config (jax_distill.engines.default_config): model, tokenizer, reasoning,
+    chat_template_kwargs (JSON), dtype, batch_size; tensor_parallel_size becomes the mesh's tensor axis
+    (the rest of the devices split the batch)."""
+    import json
+
     get = lambda k, d: cfg.get(k, d) if hasattr(cfg, "get") else getattr(cfg, k, d)  # noqa: E731
-    chat = chat_config(**{k: get(k, None) for k in ("system", "template", "template_date", "end_of_turn")
-                          if get(k, None) is not None})
+    kwargs = get("chat_template_kwargs", "") or "{}"
+    kwargs = json.loads(kwargs) if isinstance(kwargs, str) else dict(kwargs)
     return load(
         cfg.model,
-        dtype=get("dtype", "bfloat16") or "bfloat16",
-        compute_dtype=get("compute_dtype", "") or "",
-        mesh=get("mesh", None),
+        dtype=get("dtype", "auto") or "auto",
+        mesh={"data": -1, "fsdp": 1, "tensor": get("tensor_parallel_size", 1) or 1},
         tokenizer=get("tokenizer", "") or "",
         batch_size=get("batch_size", 32) or 32,
-        chunk_size=get("chunk_size", 64) or 64,
-        chat=chat,
+        chat=chat_config(template_kwargs=ConfigDict(kwargs)),
+        reasoning=get("reasoning", "") or "",
     )
