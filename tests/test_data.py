@@ -94,7 +94,9 @@ EXPECTED_REPLY = {
     "chatml": lambda t, a: data.think_block(t, a) + "<|im_end|>",
     "qwen3": lambda t, a: data.think_block(t, a) + "<|im_end|>",
     "llama3": lambda t, a: data.think_block(t, a) + "<|eot_id|>",
-    "harmony": lambda t, a: f"<|channel|>analysis<|message|>{t}<|end|><|start|>assistant<|channel|>final<|message|>{a}<|return|>",
+    "harmony": lambda t, a: (
+        f"<|channel|>analysis<|message|>{t}<|end|><|start|>assistant<|channel|>final<|message|>{a}<|return|>"
+    ),
     "fallback": lambda t, a: data.think_block(t, a) + "<|im_end|>",
 }
 
@@ -123,6 +125,20 @@ def test_mask_is_exactly_the_assistant_turn(family, trace):
         assert "Today Date: 01 Jan 2026" in tok.decode(ids[:first])  # fixed date: same tokens every run
     if family == "fallback":
         assert tok.decode(ids[:first]).endswith("User: " + Q + "\n\nAssistant:\n")
+
+
+def test_mask_under_a_real_instruct_tokenizer():
+    """SmolLM2-135M-Instruct's own tokenizer and ChatML template (with its default system prompt)."""
+    from transformers import AutoTokenizer
+
+    try:
+        folder = hf_tiny.smollm2_dir()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    tok = AutoTokenizer.from_pretrained(folder)
+    ids, mask = data.ChatFormat(tok, data.data_config()).encode(Q, TRACE, ANSWER, "test")
+    assert tok.decode(ids[mask == 1]) == data.think_block(TRACE, ANSWER) + "<|im_end|>"
+    assert tok.decode(ids[mask == 0]).endswith("<|im_start|>user\n" + Q + "<|im_end|>\n<|im_start|>assistant\n")
 
 
 def test_template_that_breaks_the_prefix_property_is_an_error():
@@ -268,7 +284,8 @@ def test_batches_hold_every_example_once_and_report_packing_efficiency(files, to
 
 
 def test_overlong_policies_are_counted(files, tok):
-    lengths = [len(e["tokens"]) for e in data.example_dataset(config(files[0], shuffle=False), tok, seq_len=4096, seed=0)[0]]
+    everything, _ = data.example_dataset(config(files[0], shuffle=False), tok, seq_len=4096, seed=0)
+    lengths = [len(e["tokens"]) for e in everything]
     seq_len = 96
     n_long = sum(n > seq_len for n in lengths)
     assert n_long >= 3
@@ -381,7 +398,8 @@ def test_bad_records_are_counted_and_located(tok, tmp_path):
     good = records(5)
     ok_answer_only = dict(question="q?", trace="", answer="a", variant="answer_only")
     ok_truncated = dict(question="q?", trace="", answer="a", variant="truncated")
-    path = write_jsonl(tmp_path / "bad.jsonl", good + [ok_answer_only, ok_truncated], [b for b, _, _ in BAD_LINES] + [b"   "])
+    bad = [b for b, _, _ in BAD_LINES] + [b"   "]
+    path = write_jsonl(tmp_path / "bad.jsonl", good + [ok_answer_only, ok_truncated], bad)
     ds, stats = data.make_dataset(config(path), tok, seq_len=256, batch_size=2, seed=0)
     drain(ds)
     expected = {r: sum(1 for _, reason, _ in BAD_LINES if reason == r) for r in data.SKIP_REASONS}
