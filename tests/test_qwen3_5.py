@@ -143,6 +143,29 @@ def test_packed_rows_equal_separate_examples(tiny):
     assert max_err(logits[0, a : a + b], logits[2, :b]) < 1e-5
 
 
+def test_bf16_prefill_and_decode_within_bf16_tolerance(tiny):
+    """bf16 parameters and activations (fp32 delta-rule state): no further from fp32 transformers than
+    transformers' own bf16 run is, and the cached path keeps its dtypes."""
+    import copy
+
+    import torch
+
+    folder, reference, _ = tiny
+    model = from_pretrained(folder, dtype=jnp.bfloat16)
+    model.config = dataclasses.replace(model.config, chunk_size=CHUNK)
+    tokens, positions, segments, mask = hf_tiny.padded_batch(model.config.vocab_size, [13, 7, 10], seed=1, left=True)
+    theirs = hf_tiny.torch_logits(reference, tokens, positions, mask)
+    cache = qwen3_5.init_cache(model.config, batch=3, max_len=16, dtype=jnp.bfloat16)
+    ours, cache = run(model, tokens, positions, segments, cache)
+    real = mask.astype(bool)
+    torch_bf16 = hf_tiny.torch_logits(copy.deepcopy(reference).to(torch.bfloat16), tokens, positions, mask)
+    assert max_err(ours, theirs, real) < 1.5 * max_err(torch_bf16, theirs, real)
+    assert (ours.argmax(-1) == theirs.argmax(-1))[real].mean() > 0.9
+    assert cache["state"].dtype == jnp.float32 and cache["conv"].dtype == cache["k"].dtype == jnp.bfloat16
+    step, cache = run(model, tokens[:, -1:], positions[:, -1:] + 1, segments[:, -1:], cache)
+    assert np.isfinite(step).all() and int(cache["index"]) == 14
+
+
 # ----------------------------------------------------------------------------- kernels
 
 
@@ -156,8 +179,11 @@ def _delta_inputs(B, T, N, seed, Dk=128, Dv=128):
     return q, k, f(B, T, N, Dv), g, beta, 0.1 * f(B, N, Dk, Dv)
 
 
-@pytest.mark.parametrize("T", [1, 6, 23])
-def test_chunked_matches_recurrent(T):
+_chunked = jax.jit(gdn.chunk_gated_delta_rule, static_argnums=8)
+
+
+@pytest.mark.parametrize("T,chunks", [(1, (4,)), (6, (4, 64)), (23, (1, 5, 16))])
+def test_chunked_matches_recurrent(T, chunks):
     """Several chunk sizes, lengths not divisible by them, an initial state, and segment changes."""
     q, k, v, g, beta, state = _delta_inputs(2, T, 2, seed=T)
     segments = np.ones((2, T), np.int32)
@@ -165,9 +191,10 @@ def test_chunked_matches_recurrent(T):
     segments[1, : T // 3] = 0  # left padding
     history = jnp.ones((2, 3), jnp.int32)  # the state (and conv history) belongs to segment 1
     runs = gdn.segment_runs(history, jnp.asarray(segments))
-    ref_out, ref_state = gdn.recurrent_gated_delta_rule(q, k, v, g, beta, runs[:, 3:], state, runs[:, 2])
-    for chunk in (1, 4, 5, 16, 64):
-        out, final = gdn.chunk_gated_delta_rule(q, k, v, g, beta, runs[:, 3:], state, runs[:, 2], chunk)
+    ref_out, ref_state = jax.jit(gdn.recurrent_gated_delta_rule)(q, k, v, g, beta, runs[:, 3:], state, runs[:, 2])
+    assert float(jnp.abs(ref_state).max()) > 0.1
+    for chunk in chunks:
+        out, final = _chunked(q, k, v, g, beta, runs[:, 3:], state, runs[:, 2], chunk)
         assert max_err(out, ref_out) < 1e-5, chunk
         assert max_err(final, ref_state) < 1e-5, chunk
 
@@ -178,7 +205,7 @@ def test_kernels_match_transformers_reference():
 
     q, k, v, g, beta, state = _delta_inputs(1, 19, 2, seed=11)
     runs = jnp.zeros((1, 19), jnp.int32)
-    out, final = gdn.chunk_gated_delta_rule(q, k, v, g, beta, runs, state, runs[:, 0], 8)
+    out, final = _chunked(q, k, v, g, beta, runs, state, runs[:, 0], 8)
     t = lambda x: torch.tensor(np.asarray(x))  # noqa: E731
     ref_out, ref_final = torch_chunk_gated_delta_rule(
         t(q / 128**-0.5), t(k), t(v), t(g), t(beta), chunk_size=8, initial_state=t(state), output_final_state=True
@@ -221,7 +248,7 @@ def _compare_grads(kind, torch_layer, torch_call, params, names, model, seed):
         out, _ = qwen3_5.MIXERS[kind](x, p, cfg, ctx, None, lambda name: None)
         return jnp.sum(out * r)
 
-    gx, gp = jax.grad(loss, argnums=(0, 1))(jnp.asarray(x), params)
+    gx, gp = jax.jit(jax.grad(loss, argnums=(0, 1)))(jnp.asarray(x), params)
     tx = torch.tensor(x, requires_grad=True)
     torch_layer.zero_grad()
     (torch_call(tx, positions) * torch.tensor(r)).sum().backward()

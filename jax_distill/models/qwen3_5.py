@@ -104,9 +104,9 @@ class Config:
             linear_conv_kernel_dim=text.get("linear_conv_kernel_dim", 4),
             rms_norm_eps=text.get("rms_norm_eps", 1e-6),
             tie_word_embeddings=tie,
-            bos_token_id=text.get("bos_token_id", hf.get("bos_token_id")),
-            eos_token_id=text.get("eos_token_id", hf.get("eos_token_id")),
-            pad_token_id=text.get("pad_token_id", hf.get("pad_token_id")),
+            bos_token_id=_either(text, hf, "bos_token_id"),
+            eos_token_id=_either(text, hf, "eos_token_id"),
+            pad_token_id=_either(text, hf, "pad_token_id"),
             max_position_embeddings=text.get("max_position_embeddings", 32768),
             architecture=arch,
         )
@@ -146,6 +146,11 @@ class Config:
             eos_token_id=self.eos_token_id,
             pad_token_id=self.pad_token_id,
         )
+
+
+def _either(text: dict, hf: dict, key: str):
+    """A token id from the text config, else from the outer (multimodal) config."""
+    return text[key] if text.get(key) is not None else hf.get(key)
 
 
 def export_config(cfg: Config) -> Config:
