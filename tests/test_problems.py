@@ -164,3 +164,38 @@ def test_decontamination_removes_near_duplicates_and_reports(tmp_path):
     assert d["removed"] == 1 and d["examples"][0]["train_id"] == "t1" and d["examples"][0]["eval_id"] == "e1"
     cfg.decontam_ngram = 0
     assert len(load_problems(cfg)[0]) == 2
+
+
+def test_hf_loaders_map_fields(monkeypatch):
+    """The hub loaders' field mapping, on in-memory rows shaped like the hub datasets (no network)."""
+    import sys
+    import types
+
+    from jax_distill.problems.sources import load_hf
+
+    rows = {
+        ("openai/gsm8k", "main", "train"): [{"question": "Q1?", "answer": "work <<2*3=6>>\n#### 1,206"}],
+        ("openai/gsm8k", "main", "test"): [{"question": "Q2?", "answer": "#### 7"}],
+        ("allenai/ai2_arc", "ARC-Challenge", "train"): [
+            {"id": "a1", "question": "Pick?", "choices": {"label": ["1", "2", "3"], "text": ["x", "y", "z"]}, "answerKey": "2"}],
+        ("allenai/ai2_arc", "ARC-Challenge", "validation"): [],
+        ("allenai/ai2_arc", "ARC-Challenge", "test"): [
+            {"id": "a2", "question": "Which?", "choices": {"label": ["A", "B"], "text": ["p", "q"]}, "answerKey": "B"}],
+        ("Idavidrein/gpqa", "gpqa_diamond", "train"): [
+            {"Question": "Hard?", "Correct Answer": "right", "Incorrect Answer 1": "w1", "Incorrect Answer 2": "w2",
+             "Incorrect Answer 3": "w3"}],
+    }
+
+    def load_dataset(name, config=None, split=None, cache_dir=None):
+        return rows[(name, config, split)]
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    gsm = load_hf("gsm8k")
+    assert [(p.id, p.gold, s) for p, s in gsm] == [("gsm8k-train-00000", "1206", "train"), ("gsm8k-test-00000", "7", "test")]
+    arc = load_hf("arc_challenge")
+    assert [(p.gold, p.choices, s) for p, s in arc] == [("B", ("x", "y", "z"), "train"), ("B", ("p", "q"), "test")]
+    assert "(B) y" in arc[0][0].question
+    (gpqa, split), = load_hf("gpqa_diamond", seed=0)
+    assert split == "test" and gpqa.choices[ord(gpqa.gold) - 65] == "right" and load_hf("gpqa_diamond", seed=0)[0][0] == gpqa
+    with pytest.raises(ValueError, match="unknown dataset"):
+        load_hf("hellaswag")

@@ -91,6 +91,13 @@ def test_vllm_generate_records_and_token_counts(vllm_run):
     assert len({r["answer"] for r in records}) > len(records) // 2  # samples differ
 
 
+def test_vllm_refuses_over_long_prompt_alone(vllm_run):
+    _, _, results = vllm_run
+    (reason, tokens), (ok_reason, ok_tokens) = results["too_long"]
+    assert reason == "error:prompt_too_long" and tokens == 0
+    assert ok_reason in ("stop", "length") and 1 <= ok_tokens <= 4
+
+
 def test_vllm_compress_validates_and_counts(vllm_run):
     from transformers import AutoTokenizer
 

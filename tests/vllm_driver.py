@@ -18,6 +18,12 @@ def main(spec_path: str) -> None:
     for name in ("generate_a", "generate_b"):
         results[name] = generate.run(load_config(spec["generate_config"], spec[name]), engine=engine)
     results["compress"] = compress.run(load_config(spec["compress_config"], spec["compress"]), engine=engine)
+    from jax_distill.engines import SamplingParams
+
+    long = [{"role": "user", "content": "apples " * 3000}]  # over max_model_len: refused alone, batch goes on
+    short = [{"role": "user", "content": "What is 2 + 3?"}]
+    outs = engine.generate([long, short], SamplingParams(n=1, max_tokens=4, seed=0))
+    results["too_long"] = [[c.finish_reason, c.completion_tokens] for row in outs for c in row]
     with open(spec["out"], "w") as f:
         json.dump(results, f)
 

@@ -39,7 +39,7 @@ class Completion:
     answer_text: str              # the final answer part (after </think>, harmony "final" channel)
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str            # "stop" | "length" | "error"
+    finish_reason: str            # "stop" | "length" | "error:<why>" (request refused, e.g. prompt too long)
 
 
 Messages = list[dict]             # [{"role": "system"|"user"|"assistant", "content": str}, ...]

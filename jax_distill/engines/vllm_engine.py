@@ -55,6 +55,7 @@ class VllmEngine:
             kwargs["max_model_len"] = max_model_len
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = self.llm.model_config.max_model_len
 
     @classmethod
     def from_config(cls, cfg):
@@ -75,14 +76,21 @@ class VllmEngine:
         out: list[list[Completion]] = []
         for start in range(0, len(requests), self.batch_size):
             batch = requests[start : start + self.batch_size]
-            prompts = [{"prompt_token_ids": self.render(m)} for m in batch]
+            ids = [self.render(m) for m in batch]
+            # vLLM rejects the whole batch for one over-long prompt: answer those alone with an error
+            fits = [i for i, x in enumerate(ids) if len(x) < self.max_model_len]
+            results: list[list[Completion]] = [
+                [Completion("", "", "", len(x), 0, "error:prompt_too_long")] * params.n for x in ids]
             sp = [VllmParams(n=params.n, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
-                             max_tokens=params.max_tokens, seed=request_seed(params.seed, prompt_hash(m)),
-                             stop=list(params.stop) or None, skip_special_tokens=False) for m in batch]
-            for res in self.llm.generate(prompts, sp, use_tqdm=False):
+                             max_tokens=min(params.max_tokens, self.max_model_len - len(ids[i])),
+                             seed=request_seed(params.seed, prompt_hash(batch[i])),
+                             stop=list(params.stop) or None, skip_special_tokens=False) for i in fits]
+            outputs = self.llm.generate([{"prompt_token_ids": ids[i]} for i in fits], sp, use_tqdm=False) if fits else []
+            for i, res in zip(fits, outputs):
                 n_prompt = len(res.prompt_token_ids)
-                out.append([make_completion(o.text, self.reasoning, n_prompt, len(o.token_ids), o.finish_reason or "stop")
-                            for o in res.outputs])
+                results[i] = [make_completion(o.text, self.reasoning, n_prompt, len(o.token_ids), o.finish_reason or "stop")
+                              for o in res.outputs]
+            out.extend(results)
         return out
 
 

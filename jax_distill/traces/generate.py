@@ -9,7 +9,8 @@ id. Every sample ends in exactly one bucket, so generated = kept + rejected + er
   kept      correct (keep=all_correct), the first correct (first_correct), or any with an answer (all)
   rejected  wrong_answer, unverified (check timed out), no_final_answer, truncated (hit max_tokens
             without an answer), not_first (a further correct sample under first_correct)
-  errors    empty_completion, engine_error (the engine raised; the message is in the errors file)
+  errors    empty_completion, engine_error (the engine raised, or refused the request, e.g.
+            finish_reason "error:prompt_too_long"; the message is in the errors file)
 Randomness is per request (seed derived from the base seed and the prompt hash), so a sample does
 not depend on the chunking, the shard split or whether the run was resumed.
 """
@@ -43,10 +44,10 @@ def messages_for(problem: Problem, prompt_cfg) -> list[dict]:
 
 def classify(completion: Completion, problem: Problem) -> tuple[str, str, str | None]:
     """(bucket, reason, extracted answer) before verification; bucket 'candidate' needs a check."""
+    if completion.finish_reason.startswith("error"):
+        return "errors", "engine_error", None
     if not completion.text.strip():
         return "errors", "empty_completion", None
-    if completion.finish_reason == "error":
-        return "errors", "engine_error", None
     if not completion.answer_text.strip():
         return "rejected", "truncated" if completion.finish_reason == "length" else "no_final_answer", None
     return "candidate", "", extract_answer(completion.answer_text, problem.answer_type)
