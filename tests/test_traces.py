@@ -167,6 +167,16 @@ def test_generate_kill_and_resume(tmp_path):
 
 
 def test_shards_partition_the_problems(tmp_path):
+    # another host's chunk in flight (records renamed into place, done marker not yet written) and a
+    # leftover of this host's killed run: only this host's own partial files are cleaned
+    other = tmp_path / "generate-shard001of003-00000.jsonl"
+    own = tmp_path / "generate-shard000of003-00007.jsonl"
+    tmp_path.joinpath("generate-shard000of003-00008.done.json.tmp123").write_text("{")
+    other.write_text("")
+    own.write_text("")
+    generate.run(gen_cfg(tmp_path, shard="0/3", **{"problems.synthetic.num": 40}))
+    assert other.exists() and not own.exists() and not glob.glob(str(tmp_path / "*.tmp*"))
+    other.unlink()
     ids = []
     for i in range(3):
         s = generate.run(gen_cfg(tmp_path, shard=f"{i}/3", **{"problems.synthetic.num": 40}))

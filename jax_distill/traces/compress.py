@@ -26,7 +26,6 @@ import time
 from collections import Counter
 
 from jax_distill.engines.base import SamplingParams
-from jax_distill.engines.reasoning import split_think
 from jax_distill.problems import check_answers, extract_answer
 from jax_distill.traces import store
 from jax_distill.traces.stats import Progress, StudentTokens, compression_table, format_table, merge_counts
@@ -136,8 +135,8 @@ class Compressor:
         texts = []
         for o in outs:
             c = o[0]
-            # an instruction model answers in plain text; a thinking one's reasoning is not the result
-            texts.append(c.answer_text if c.answer_text.strip() or c.reasoning else split_think(c.text)[1])
+            # the engine split off any reasoning (engine.reasoning); what remains is the compressed trace
+            texts.append(c.answer_text)
         return texts
 
 
@@ -222,18 +221,20 @@ def run(config, engine=None) -> dict:
         raise ValueError(f"compress.policy must be one of {POLICIES}, got {config.policy!r}")
     shard = store.parse_shard(config.shard)
     os.makedirs(config.out_dir, exist_ok=True)
-    store.clean_partial(config.out_dir)
-    done_ids, _ = store.finished(config.out_dir)
-    inputs = [r for r in store.read_records(config.in_dir, variant="raw") if store.in_shard(r["id"], shard)]
-    todo = [r for r in inputs if r["id"] not in done_ids]
-    student = StudentTokens(config.student_tokenizer)
-    compressor = Compressor(config, engine) if todo or engine is not None else None
     prefix = store.shard_prefix("compress", shard)
+    store.clean_partial(config.out_dir, prefix)
+    done_ids, _ = store.finished(config.out_dir)
+    # streamed: one pass over ids to plan, then raw traces are read chunk by chunk, never all at once
+    shard_ids = [i for i in store.index_records(config.in_dir, variant="raw") if store.in_shard(i, shard)]
+    todo_ids = {i for i in shard_ids if i not in done_ids}
+    todo = (r for r in store.read_records(config.in_dir, variant="raw") if r["id"] in todo_ids)
+    student = StudentTokens(config.student_tokenizer)
+    compressor = None
     part = store.next_part(config.out_dir, prefix)
-    progress = Progress("compress", len(todo), "traces")
+    progress = Progress("compress", len(todo_ids), "traces")
     started, run_infos = time.time(), []
-    for start in range(0, len(todo), config.chunk_size):
-        chunk = todo[start : start + config.chunk_size]
+    for chunk in store.batches(todo, config.chunk_size):
+        compressor = compressor or Compressor(config, engine)
         records, errors, counts = process_chunk(chunk, compressor, config, student)
         info = {"stage": "compress", "ids": [r["id"] for r in chunk], "counts": counts, "time": time.time(),
                 "compressor": compressor.name}
@@ -245,7 +246,7 @@ def run(config, engine=None) -> dict:
     total = merge_counts(infos)
     table = compression_table(store.read_records(config.out_dir))
     summary = {"stage": "compress", "in_dir": config.in_dir, "out_dir": config.out_dir, "shard": config.shard,
-               "inputs_in_shard": len(inputs), "skipped_finished": len(inputs) - len(todo),
+               "inputs_in_shard": len(shard_ids), "skipped_finished": len(shard_ids) - len(todo_ids),
                "this_run": merge_counts(run_infos), "total": total, "table": table,
                "seconds": round(time.time() - started, 2)}
     if total:

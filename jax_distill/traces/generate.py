@@ -130,7 +130,8 @@ def run(config, engine=None) -> dict:
         raise ValueError(f"generate.chunk_size must be >= 1, got {config.chunk_size}")
     shard = store.parse_shard(config.shard)
     os.makedirs(config.out_dir, exist_ok=True)
-    store.clean_partial(config.out_dir)
+    prefix = store.shard_prefix("generate", shard)
+    store.clean_partial(config.out_dir, prefix)
     train, evals, report = load_problems_with_report(config)
     problems = {"train": train, "eval": evals, "all": train + evals}[config.split]
     store.atomic_write(os.path.join(config.out_dir, "problems_report.json"), json.dumps(report, indent=1))
@@ -142,7 +143,6 @@ def run(config, engine=None) -> dict:
         from jax_distill.engines import make_engine
 
         engine = make_engine(config.engine)
-    prefix = store.shard_prefix("generate", shard)
     part = store.next_part(config.out_dir, prefix)
     progress = Progress("generate", len(todo), "problems")
     started = time.time()

@@ -114,11 +114,12 @@ def _done_files(out_dir: str, prefix: str = "") -> list[str]:
     return sorted(glob.glob(os.path.join(out_dir, f"{prefix}*.done.json")))
 
 
-def clean_partial(out_dir: str) -> list[str]:
-    """Delete chunk files without a done marker and stray temporaries (left by a killed run)."""
+def clean_partial(out_dir: str, prefix: str) -> list[str]:
+    """Delete this prefix's chunk files without a done marker and its stray temporaries (left by a
+    killed run). Only its own prefix: other hosts may be writing theirs into the same directory."""
     removed = []
-    done = {p[: -len(".done.json")] for p in _done_files(out_dir)}
-    for path in glob.glob(os.path.join(out_dir, "*")):
+    done = {p[: -len(".done.json")] for p in _done_files(out_dir, prefix)}
+    for path in glob.glob(os.path.join(out_dir, f"{prefix}-*")):
         name = os.path.basename(path)
         base = re.sub(r"(\.errors)?\.jsonl$", "", path)
         if ".tmp" in name or (path.endswith(".jsonl") and base not in done):
@@ -172,6 +173,41 @@ def read_records(path: str, variant: str | None = None) -> Iterator[dict]:
             validate_record(rec, where)
             if variant is None or rec["variant"] == variant:
                 yield rec
+
+
+def index_records(path: str, variant: str | None = None) -> dict[str, tuple[str, int]]:
+    """id -> (file, byte offset) over a stage directory's finished chunks, so a stage can join against
+    another's records without holding their text in memory (see read_at)."""
+    index = {}
+    for file in chunk_files(path):
+        with open(file, "rb") as f:
+            offset = 0
+            for raw in f:
+                if raw.strip():
+                    rec = json.loads(raw)
+                    if variant is None or rec.get("variant") == variant:
+                        index[rec["id"]] = (file, offset)
+                offset += len(raw)
+    return index
+
+
+def read_at(file: str, offset: int) -> dict:
+    with open(file, "rb") as f:
+        f.seek(offset)
+        line = f.readline()
+    return validate_record(json.loads(line.decode("utf-8")), f"{file}@{offset}")
+
+
+def batches(items: Iterable, size: int) -> Iterator[list]:
+    """Consecutive lists of `size` items from any iterable (streams; nothing is loaded ahead)."""
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def read_errors(out_dir: str) -> list[dict]:

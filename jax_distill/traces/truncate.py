@@ -54,42 +54,43 @@ def run(config) -> dict:
         raise ValueError("truncate: variant 'truncated' needs student_tokenizer (budgets are in student tokens)")
     shard = store.parse_shard(config.shard)
     os.makedirs(config.out_dir, exist_ok=True)
-    store.clean_partial(config.out_dir)
-    done_ids, _ = store.finished(config.out_dir)
-    raws = {r["id"]: r for r in store.read_records(config.raw_dir, variant="raw") if store.in_shard(r["id"], shard)}
-    items: list[tuple[str, str, dict]] = []  # (output id, variant, source record)
-    if "truncated" in variants:
-        for comp in store.read_records(config.compressed_dir, variant="compressed"):
-            src = comp["meta"].get("source_id", "")
-            if store.in_shard(src, shard):
-                items.append((f"{src}/truncated", "truncated", comp))
-    if "answer_only" in variants:
-        items += [(f"{rid}/answer_only", "answer_only", r) for rid, r in raws.items()]
-    todo = [it for it in items if it[0] not in done_ids]
     prefix = store.shard_prefix("truncate", shard)
+    store.clean_partial(config.out_dir, prefix)
+    done_ids, _ = store.finished(config.out_dir)
+    # plan on ids and file offsets only; each record is read when its chunk is processed
+    raws = {i: loc for i, loc in store.index_records(config.raw_dir, variant="raw").items() if store.in_shard(i, shard)}
+    items: list[tuple[str, str, str, tuple[str, int]]] = []  # (output id, variant, raw id, source location)
+    if "truncated" in variants:
+        suffix = "/compressed"  # compressed ids are "{raw id}/compressed" (store.py)
+        for cid, loc in store.index_records(config.compressed_dir, variant="compressed").items():
+            src = cid[: -len(suffix)] if cid.endswith(suffix) else cid
+            if store.in_shard(src, shard):
+                items.append((f"{src}/truncated", "truncated", src, loc))
+    if "answer_only" in variants:
+        items += [(f"{rid}/answer_only", "answer_only", rid, loc) for rid, loc in raws.items()]
+    todo = [it for it in items if it[0] not in done_ids]
     part = store.next_part(config.out_dir, prefix)
     progress = Progress("truncate", len(todo), "records")
     run_infos = []
     for start in range(0, len(todo), config.chunk_size):
         chunk = todo[start : start + config.chunk_size]
         records, errors, buckets = [], [], Counter()
-        for out_id, variant, src in chunk:
+        for out_id, variant, raw_id, loc in chunk:
             if variant == "answer_only":
-                records.append(answer_only(src, student))
+                records.append(answer_only(store.read_at(*loc), student))
                 buckets["answer_only"] += 1
                 continue
-            raw = raws.get(src["meta"].get("source_id"))
-            if raw is None:
+            if raw_id not in raws:
                 buckets["missing_raw"] += 1
                 errors.append({"id": out_id, "stage": "truncate", "reason": "missing_raw",
-                               "detail": f"no raw record {src['meta'].get('source_id')!r} in {config.raw_dir}"})
+                               "detail": f"no raw record {raw_id!r} in {config.raw_dir}"})
                 continue
-            rec, bucket = truncate_one(raw, src, student)
+            rec, bucket = truncate_one(store.read_at(*raws[raw_id]), store.read_at(*loc), student)
             records.append(rec)
             buckets[bucket] += 1
         counts = {"inputs": len(chunk), "truncated": buckets["truncated"], "within_budget": buckets["within_budget"],
-                  "answer_only": buckets["answer_only"], "errors": {"missing_raw": buckets["missing_raw"]}
-                  if buckets["missing_raw"] else {}}
+                  "answer_only": buckets["answer_only"],
+                  "errors": {"missing_raw": buckets["missing_raw"]} if buckets["missing_raw"] else {}}
         info = {"stage": "truncate", "ids": [it[0] for it in chunk], "counts": counts, "time": time.time()}
         store.write_chunk(config.out_dir, prefix, part, records, errors, info)
         part += 1
@@ -97,7 +98,8 @@ def run(config) -> dict:
         progress.update(len(chunk))
     _, infos = store.finished(config.out_dir)
     total = merge_counts(infos)
-    out = list(store.read_records(config.out_dir))
+    out = [{"dataset": r["dataset"], "variant": r["variant"], "meta": r["meta"]}  # no texts kept
+           for r in store.read_records(config.out_dir)]
     gaps = [r["meta"]["budget_tokens"] - r["meta"]["student_tokens"] for r in out if r["variant"] == "truncated"]
     summary = {"stage": "truncate", "out_dir": config.out_dir, "variants": variants, "this_run": merge_counts(run_infos),
                "total": total, "describe": describe(out),
