@@ -185,7 +185,8 @@ def _random_params(cfg, seed):
     )
 
 
-def test_sorted_moe_equals_dense_reference():
+@pytest.mark.parametrize("impl", ["blocked", "ragged"])
+def test_sorted_moe_equals_dense_reference(impl):
     cfg = _random_cfg(num_experts=7, num_experts_per_token=3)
     p = jax.tree.map(lambda a: a[1], _random_params(cfg, seed=3)["layers"])
 
@@ -201,16 +202,22 @@ def test_sorted_moe_equals_dense_reference():
     @jax.jit
     def value_and_grads(x, p):  # both paths' outputs, d/dx and d/dparams in one compile
         out = {}
-        for name, fn in (("sorted", moe.experts), ("dense", _dense_experts)):
+        for name, fn in (("sorted", functools.partial(moe.experts, impl=impl)), ("dense", _dense_experts)):
             y, vjp = jax.vjp(functools.partial(run, fn), x, p)
             out[name] = (y, vjp(probe))
         return out
 
-    out = value_and_grads(x, p)
-    for a, b in zip(jax.tree.leaves(out["sorted"]), jax.tree.leaves(out["dense"])):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    # balanced routing (every expert used), then routing skewed so expert 0 takes every token
+    # (a group spanning several row blocks) and expert 6 none
+    skewed = {**p, "router_bias": p["router_bias"].at[0].add(100.0).at[6].add(-100.0)}
+    for params in (p, skewed):
+        out = value_and_grads(x, params)
+        for a, b in zip(jax.tree.leaves(out["sorted"]), jax.tree.leaves(out["dense"])):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
     _, ids = moe.route(x, p["router"], p["router_bias"], cfg.num_experts_per_token)
-    assert len(np.unique(np.asarray(ids))) == cfg.num_experts  # every expert group is non-empty here
+    assert len(np.unique(np.asarray(ids))) == cfg.num_experts
+    _, ids = moe.route(x, skewed["router"], skewed["router_bias"], cfg.num_experts_per_token)
+    assert (np.asarray(ids) == 0).any(axis=1).all() and not (np.asarray(ids) == 6).any()
 
 
 def test_expert_axis_shards_over_mesh():
