@@ -5,8 +5,14 @@ import json
 
 import pytest
 
-from jax_distill.problems import Problem, check_answers, extract_answer, load_problems, load_problems_with_report
-from jax_distill.problems import synthetic
+from jax_distill.problems import (
+    Problem,
+    check_answers,
+    extract_answer,
+    load_problems,
+    load_problems_with_report,
+    synthetic,
+)
 from jax_distill.problems.sources import BadRow, default_config
 
 
@@ -129,7 +135,7 @@ def test_local_jsonl_field_mapping_and_bad_rows_counted(tmp_path):
     assert report["duplicate_ids"]["count"] == 1
 
     cfg.on_bad_row = "error"
-    with pytest.raises(BadRow, match=rf"mine.jsonl:8: missing_answer: field 'solution'"):
+    with pytest.raises(BadRow, match=r"mine.jsonl:8: missing_answer: field 'solution'"):
         load_problems(cfg)
 
 

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from hf_tiny import tokenizer_dir
+
 from jax_distill.cli import load_config
 from jax_distill.engines import Completion, SamplingParams
 from jax_distill.engines.procedural import ProceduralTeacher
