@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import logging
+
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import ConfigDict, config_flags
 
 
@@ -20,20 +23,48 @@ def run_stage(run: Callable[[ConfigDict], Any], flag_values: flags.FlagValues = 
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        # our progress at INFO; libraries (orbax, jax) only when they warn
+        absl_logging.set_verbosity(absl_logging.WARNING)
+        logging.getLogger("jax_distill").setLevel(logging.INFO)
         run(config.value)
 
-    app.run(main)
+    app.run(main, flags_parser=lambda argv: _parse_flags(flag_values, argv))
+
+
+def _parse_flags(flag_values: flags.FlagValues, argv: list[str]) -> list[str]:
+    """absl parsing, but an override of an unknown config field exits with the field's dotted name
+    (ml_collections raises a bare AttributeError/KeyError with the leaf name only)."""
+    import re
+    import sys
+
+    try:
+        return flag_values(argv)
+    except flags.Error as e:
+        sys.stderr.write(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.\n")
+        sys.exit(1)
+    except (AttributeError, KeyError) as e:
+        names = re.findall(r"'([^'\\]+)", str(e))
+        hits = [a for a in argv[1:] if a.startswith("--config.") and any(n in a.split("=")[0].split(".") for n in names)]
+        field = hits[0].split("=")[0][len("--config.") :] if hits else (names[0] if names else "?")
+        hint = str(e).split("\\n")[-1].strip("'\"") if "Did you mean" in str(e) else ""
+        sys.stderr.write(f"FATAL config error: unknown config field {field!r} ({hits[0] if hits else argv}). {hint}\n")
+        sys.exit(1)
+
+
+def config_file(path: str) -> ConfigDict:
+    """`get_config()` of a config file, "file.py:arg" passing arg (configs build on each other this way)."""
+    import importlib.util
+
+    file, _, arg = str(path).partition(":")
+    spec = importlib.util.spec_from_file_location(f"_jax_distill_config_{abs(hash(file))}", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
 
 
 def load_config(path: str, overrides: dict[str, Any] | None = None) -> ConfigDict:
     """A config file as the CLI would load it, with dotted overrides applied (for in-process use)."""
-    import importlib.util
-
-    file, _, arg = path.partition(":")
-    spec = importlib.util.spec_from_file_location("_jax_distill_config", file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    cfg = module.get_config(arg) if arg else module.get_config()
+    cfg = config_file(path)
     cfg.lock()
     for dotted, value in (overrides or {}).items():
         node = cfg

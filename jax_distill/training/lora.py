@@ -88,27 +88,28 @@ def adapted_specs(specs: Any, cfg: LoRAConfig) -> Any:
 
 
 def apply(params: Any, specs: Any, cfg: LoRAConfig, key: jax.Array, shardings: Any = None) -> Any:
-    """Wrap target weights of `params` in fresh adapters (fp32; placed with `shardings` of the
-    adapted spec tree when given, so adapters are born sharded like their base)."""
-    targets = set(target_paths(specs, cfg))
-    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    keys = dict(zip((path_str(p) for p, _ in leaves), jax.random.split(key, len(leaves))))
+    """Wrap target weights of `params` in fresh adapters (fp32), all initialised in one jitted call;
+    with `shardings` (of the adapted spec tree) adapters are born sharded like their base."""
+    targets = sorted(target_paths(specs, cfg))
     flat_specs = {path_str(p): s for p, s in jax.tree_util.tree_flatten_with_path(specs, is_leaf=_is_spec)[0]}
-    flat_shard = {}
+    pairs = {name: lora_specs(flat_specs[name], cfg.rank) for name in targets}
+    out_shardings = None
     if shardings is not None:
         is_ns = lambda x: isinstance(x, jax.sharding.Sharding)  # noqa: E731
         flat_shard = {path_str(p): s for p, s in jax.tree_util.tree_flatten_with_path(shardings, is_leaf=is_ns)[0]}
+        out_shardings = {n: (flat_shard[n + "/lora/a"], flat_shard[n + "/lora/b"]) for n in targets}
+
+    def init(key):
+        keys = jax.random.split(key, len(targets))
+        return {n: (a.initialize(k, jnp.float32), b.initialize(k, jnp.float32)) for (n, (a, b)), k in zip(pairs.items(), keys)}
+
+    adapters = jax.jit(init, out_shardings=out_shardings)(key)
 
     def convert(path, w):
         name = path_str(path)
-        if name not in targets:
+        if name not in adapters:
             return w
-        a_spec, b_spec = lora_specs(flat_specs[name], cfg.rank)
-        a = a_spec.initialize(keys[name], jnp.float32)
-        b = b_spec.initialize(keys[name], jnp.float32)
-        if shardings is not None:
-            a = jax.device_put(a, flat_shard[name + "/lora/a"])
-            b = jax.device_put(b, flat_shard[name + "/lora/b"])
+        a, b = adapters[name]
         return Adapted(w, LoRA(a, b, cfg.scale, cfg.dropout))
 
     return jax.tree_util.tree_map_with_path(convert, params)

@@ -1,0 +1,253 @@
+"""`python -m jax_distill.train`: mesh equivalence, the run summary, and exact resume after SIGTERM,
+kill -9 (local and gs:// on fake-gcs-server) and a storage outage during the run; config typos."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from gcs_emulator import FakeGCS
+from hf_tiny import tokenizer_dir, write_train_traces
+from jax_distill import data as data_lib
+from jax_distill.cli import load_config
+from jax_distill.parallel.sharding import ShardingRules, make_mesh
+from jax_distill.training import optim, state as state_lib, student as student_lib
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs" / "train" / "tiny.py")
+STEPS, EVERY = 12, 3
+# Subprocess runs reuse the reference run's compiled programs (same HLO, same executable): fast, and
+# results are unaffected.
+CACHE_ENV = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compile_cache(tmp_path_factory):
+    cache = str(tmp_path_factory.mktemp("jax_cache"))
+    CACHE_ENV["JAX_COMPILATION_CACHE_DIR"] = cache
+    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+            "jax_persistent_cache_min_entry_size_bytes")
+    old = {k: getattr(jax.config, k) for k in keys}
+    for k, v in zip(keys, (cache, 0.0, -1)):
+        jax.config.update(k, v)
+    yield
+    for k, v in old.items():
+        jax.config.update(k, v)
+
+
+@pytest.fixture(scope="module")
+def traces(tmp_path_factory):
+    return write_train_traces(tmp_path_factory.mktemp("traces") / "traces.jsonl", n=48)
+
+
+def _overrides(traces, run_dir, ckpt_dir=None, **extra):
+    o = {"data.path": str(traces), "train.tokenizer": str(tokenizer_dir()), "train.run_dir": str(run_dir),
+         "train.steps": STEPS, "checkpoint.every": EVERY, "meta.teacher": "qwen3.5-397b", "meta.variant": "raw"}
+    if ckpt_dir:
+        o["checkpoint.dir"] = str(ckpt_dir)
+    o.update(extra)
+    return o
+
+
+def _command(overrides):
+    return [sys.executable, "-m", "jax_distill.train", "--config", TINY] + [f"--config.{k}={v}" for k, v in overrides.items()]
+
+
+def _launch(overrides, env_extra=None, fault=""):
+    env = dict(os.environ, **CACHE_ENV, **(env_extra or {}))
+    env["JAX_DISTILL_FAULT"] = fault
+    env["JAX_DISTILL_FAULT_DIR"] = overrides["train.run_dir"]
+    Path(overrides["train.run_dir"]).mkdir(parents=True, exist_ok=True)
+    log = open(Path(overrides["train.run_dir"]) / f"log{time.monotonic_ns()}.txt", "w+")
+    return subprocess.Popen(_command(overrides), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log
+
+
+def _finish(proc, log, timeout=240):
+    rc = proc.wait(timeout)
+    log.seek(0)
+    return rc, log.read()
+
+
+def _exports(run_dir):
+    out = {}
+    for name in ("export/hf/model.safetensors", "export/peft/adapter_model.safetensors"):
+        out.update({f"{name}:{k}": v for k, v in load_file(str(Path(run_dir) / name)).items()})
+    return out
+
+
+def _assert_same_exports(run_dir, reference):
+    got, want = _exports(run_dir), _exports(reference)
+    assert got.keys() == want.keys()
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)  # bit for bit
+
+
+@pytest.fixture(scope="module")
+def reference(traces, tmp_path_factory):
+    """The uninterrupted run (in-process, same config and devices as the subprocess runs)."""
+    from jax_distill.train import run
+
+    run_dir = tmp_path_factory.mktemp("reference")
+    summary = run(load_config(TINY, _overrides(traces, run_dir)))
+    return run_dir, summary
+
+
+def test_run_summary_and_outputs(reference):
+    run_dir, summary = reference
+    assert json.loads((run_dir / "train_summary.json").read_text()) == summary
+    rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    for key in ("loss", "lr", "grad_norm", "tokens_per_s", "packing", "tokens", "loss_tokens"):
+        assert all(np.isfinite(r[key]) for r in rows), key
+    assert summary["teacher"] == "qwen3.5-397b" and summary["variant"] == "raw" and summary["method"] == "lora"
+    assert summary["steps"] == STEPS and summary["final_loss"] == rows[-1]["loss"]
+    assert summary["train_tokens"] == sum(r["tokens"] for r in rows)
+    assert summary["loss_tokens"] == sum(r["loss_tokens"] for r in rows)
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert os.path.isdir(summary["export_hf"]) and os.path.isdir(summary["export_peft"])
+    assert list((run_dir / "tensorboard").iterdir())
+    steps = sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [6, 9, 12]  # every 3, keep the last 3
+    # LoRA-only checkpoint: no base weight is stored
+    state_dir = run_dir / "checkpoints" / "12" / "state"
+    meta = json.loads((state_dir / "_METADATA").read_text())
+    names = list(meta["tree_metadata"]) if "tree_metadata" in meta else list(meta)
+    params = [n for n in names if "params" in n]
+    assert params and all(".lora." in n for n in params), params
+
+
+def _batches(traces, n):
+    tok = __import__("transformers").AutoTokenizer.from_pretrained(tokenizer_dir())
+    cfg = load_config(TINY, {"data.path": str(traces), "train.run_dir": "x", "train.tokenizer": "x"})
+    ds, _ = data_lib.make_dataset(cfg.data, tok, seq_len=cfg.train.seq_len, batch_size=cfg.train.batch_size, seed=0)
+    it = iter(ds)
+    return cfg, [next(it) for _ in range(n)]
+
+
+def _losses(cfg, batches, mesh, method):
+    rules = ShardingRules(mesh)
+    stu = student_lib.load(cfg.model, method, cfg.lora, rules, seed=0)
+    trainable, frozen = stu.split(stu.model.params)
+    train_sh, frozen_sh = stu.split(stu.shardings)
+    tx, sched = optim.make(cfg.optim, len(batches))
+    rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    opt_sh = state_lib.opt_state_shardings(jax.eval_shape(tx.init, trainable), train_sh, mesh)
+    state_sh = state_lib.TrainState(rep, train_sh, opt_sh, rep, rep)
+    st = jax.device_put(state_lib.TrainState(jnp.zeros([], jnp.int32), trainable, tx.init(trainable),
+                                             jax.random.key_data(jax.random.key(0)), jnp.zeros([], jnp.float32)), state_sh)
+    batch_sh = rules.sharding(("batch", "seq"), batches[0]["tokens"].shape)
+    step = state_lib.jit_train_step(
+        state_lib.make_train_step(stu.model.module, stu.model.config, tx, sched, accum_steps=cfg.train.grad_accum,
+                                  dropout=method == "lora", rules=rules),
+        state_sh, frozen_sh, batch_sh, mesh)
+    losses = []
+    for b in batches:
+        b = {k: jax.device_put(b[k], batch_sh) for k in state_lib.BATCH_KEYS}
+        st, m = step(st, frozen, b)
+        losses.append(float(m["loss"]))
+    return np.array(losses)
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_meshes_match_single_device(traces, method):
+    cfg, batches = _batches(traces, 5)
+    cfg.unlock()
+    cfg.optim.name = "adamw_8bit" if method == "lora" else "adamw"
+    cfg.optim.min_8bit_size = 0
+    cfg.train.grad_accum = 2 if method == "full" else 1
+    one = _losses(cfg, batches, make_mesh(1, 1, 1, devices=jax.devices()[:1]), method)
+    assert one[-1] < one[0]
+    for sizes in ((8, 1, 1), (2, 4, 1), (2, 2, 2)):
+        got = _losses(cfg, batches, make_mesh(*sizes), method)
+        np.testing.assert_allclose(got[0], one[0], rtol=1e-5, err_msg=str(sizes))
+        np.testing.assert_allclose(got, one, rtol=1e-4, err_msg=str(sizes))
+
+
+def test_sigterm_then_kill9_resume_exactly(traces, reference, tmp_path):
+    ref_dir, _ = reference
+    k1 = random.randint(1, STEPS - 4)
+    k2 = random.randint(k1 + 1, STEPS - 1)
+    o = _overrides(traces, tmp_path / "run")
+    proc, log = _launch(o, fault=f"pause@{k1}")
+    flag = tmp_path / "run" / "paused"
+    while not flag.exists():
+        assert proc.poll() is None, _finish(proc, log)[1][-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # preemption notice, then let the step loop continue
+    flag.unlink()
+    rc, out = _finish(proc, log)
+    assert rc == 143, out[-3000:]
+    assert f"SIGTERM: saved step {k1}" in out
+    proc, log = _launch(o, fault=f"kill@{k2}")
+    rc, out = _finish(proc, log)
+    assert rc == -signal.SIGKILL, (k1, k2, out[-3000:])
+    assert f"resumed from step {k1}" in out
+    proc, log = _launch(o)
+    rc, out = _finish(proc, log)
+    assert rc == 0, (k1, k2, out[-3000:])
+    assert "resumed from step" in out
+    _assert_same_exports(o["train.run_dir"], ref_dir)
+
+
+@pytest.fixture
+def gcs(tmp_path):
+    server = FakeGCS(tmp_path / "gcs").start()
+    yield server
+    server.stop()
+
+
+def test_gcs_kill9_resume_exactly(traces, reference, gcs, tmp_path):
+    ref_dir, _ = reference
+    k = random.randint(EVERY, STEPS - 1)
+    o = _overrides(traces, tmp_path / "run", f"gs://{gcs.bucket}/runs/kill")
+    rc, out = _finish(*_launch(o, gcs.env, fault=f"kill@{k}"))
+    assert rc == -signal.SIGKILL, (k, out[-3000:])
+    rc, out = _finish(*_launch(o, gcs.env))
+    assert rc == 0, (k, out[-3000:])
+    assert "resumed from step" in out
+    _assert_same_exports(o["train.run_dir"], ref_dir)
+
+
+def test_gcs_outage_during_run_resumes_exactly(traces, reference, gcs, tmp_path):
+    """The emulator goes down just before a save and comes back: the run retries (or fails naming the
+    checkpoint); rerunning gives the uninterrupted result."""
+    ref_dir, _ = reference
+    o = _overrides(traces, tmp_path / "run", f"gs://{gcs.bucket}/runs/outage")
+    proc, log = _launch(o, gcs.env, fault=f"pause@{EVERY * 2 - 1}")
+    flag = tmp_path / "run" / "paused"
+    while not flag.exists():
+        assert proc.poll() is None, _finish(proc, log)[1][-3000:]
+        time.sleep(0.05)
+    gcs.stop()
+    flag.unlink()  # the next step saves while storage is down
+    time.sleep(3)
+    gcs.start()
+    rc, out = _finish(proc, log)
+    if rc != 0:
+        assert "checkpoint" in out and "Rerun the same command" in out, out[-3000:]
+        rc, out = _finish(*_launch(o, gcs.env))
+        assert rc == 0, out[-3000:]
+    _assert_same_exports(o["train.run_dir"], ref_dir)
+
+
+def test_config_typo_names_the_field(tmp_path):
+    proc = subprocess.run(_command({"optim.lrr": 1e-3}), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "unknown config field 'optim.lrr'" in proc.stderr and 'Did you mean "lr"' in proc.stderr
+    with pytest.raises(KeyError, match="train.stepz"):
+        load_config(TINY, {"train.stepz": 3})
+    cfg = load_config(TINY, {"method": "qlora", "train.run_dir": str(tmp_path)})
+    from jax_distill.train import run
+
+    with pytest.raises(ValueError, match="config.method"):
+        run(cfg)
