@@ -97,13 +97,23 @@ def filter_logits(logits: Array, top_k: Array | int, top_p: Array | float) -> Ar
     return jnp.take_along_axis(ranked, inverse, axis=-1)
 
 
-def sample_logits(logits: Array, keys: Array, temperature, top_k, top_p, greedy: bool) -> Array:
-    """One token per row from fp32 logits [B, V]; keys [B] (one per row)."""
-    if greedy:
+def sample_logits(logits: Array, keys: Array, temperature, top_k, top_p, mode: str = "filter") -> Array:
+    """One token per row from fp32 logits [B, V]; keys [B] (one per row). mode (static): greedy (argmax),
+    sample (temperature only: no vocabulary sort per step), filter (temperature + top-k/top-p)."""
+    if mode == "greedy":
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     scaled = logits / jnp.maximum(temperature, 1e-6)
-    filtered = filter_logits(scaled, top_k, top_p)
-    return jax.vmap(jax.random.categorical)(keys, filtered).astype(jnp.int32)
+    if mode == "filter":
+        scaled = filter_logits(scaled, top_k, top_p)
+    elif mode != "sample":
+        raise ValueError(f"sampling mode must be greedy|sample|filter, got {mode!r}")
+    return jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
+
+
+def sampling_mode(params: "SampleParams") -> str:
+    if params.temperature == 0.0:
+        return "greedy"
+    return "filter" if params.top_k > 0 or params.top_p < 1.0 else "sample"
 
 
 # ----------------------------------------------------------------------------- jitted programs
@@ -151,11 +161,11 @@ def _row_keys(seed: Array, sample_ids: Array, step: Array) -> Array:
     return jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(base, i), step))(sample_ids)
 
 
-def _record(state: dict, logits: Array, knobs: dict, greedy: bool, record_logits: bool) -> dict:
+def _record(state: dict, logits: Array, knobs: dict, mode: str, record_logits: bool) -> dict:
     """Choose the token at `state["step"]` from logits [B, V] and update lengths / done flags."""
     step = state["step"]
     keys = _row_keys(knobs["seed"], knobs["sample_ids"], step)
-    token = sample_logits(logits, keys, knobs["temperature"], knobs["top_k"], knobs["top_p"], greedy)
+    token = sample_logits(logits, keys, knobs["temperature"], knobs["top_k"], knobs["top_p"], mode)
     active = ~state["done"]
     token = jnp.where(active, token, 0)
     tokens = jax.lax.dynamic_update_slice(state["tokens"], token[:, None], (0, step))
@@ -174,8 +184,8 @@ def _record(state: dict, logits: Array, knobs: dict, greedy: bool, record_logits
     return new
 
 
-@functools.partial(jax.jit, static_argnames=("module", "cfg", "cache_len", "cache_dtype", "max_new", "greedy", "record_logits", "rules"))
-def _prefill(params, tokens, positions, segments, knobs, *, module, cfg, cache_len, cache_dtype, max_new, greedy, record_logits, rules):
+@functools.partial(jax.jit, static_argnames=("module", "cfg", "cache_len", "cache_dtype", "max_new", "mode", "record_logits", "rules"))
+def _prefill(params, tokens, positions, segments, knobs, *, module, cfg, cache_len, cache_dtype, max_new, mode, record_logits, rules):
     """Prompt [B, P] -> decoding state with the first new token chosen."""
     cfg, rules = cfg.value, rules.value
     B = tokens.shape[0]
@@ -195,14 +205,14 @@ def _prefill(params, tokens, positions, segments, knobs, *, module, cfg, cache_l
         }
         if record_logits:
             state["logits"] = jnp.zeros((B, max_new, logits.shape[-1]), jnp.float32)
-        state = _record(state, logits, knobs, greedy, record_logits)
+        state = _record(state, logits, knobs, mode, record_logits)
         return _constrain_state(state, B, rules)
 
 
 @functools.partial(
-    jax.jit, static_argnames=("module", "cfg", "greedy", "record_logits", "rules"), donate_argnames=("state",)
+    jax.jit, static_argnames=("module", "cfg", "mode", "record_logits", "rules"), donate_argnames=("state",)
 )
-def _decode(params, state, knobs, chunk_end, *, module, cfg, greedy, record_logits, rules):
+def _decode(params, state, knobs, chunk_end, *, module, cfg, mode, record_logits, rules):
     """One-token steps until every row is done or `step` reaches chunk_end."""
     cfg, rules = cfg.value, rules.value
     B = state["last"].shape[0]
@@ -215,7 +225,7 @@ def _decode(params, state, knobs, chunk_end, *, module, cfg, greedy, record_logi
         pos = s["next_pos"][:, None]
         logits, cache = module.forward(params, cfg, tok, pos, jnp.ones_like(tok), s["cache"])
         s = {**s, "cache": cache, "next_pos": s["next_pos"] + 1}
-        return _constrain_state(_record(s, logits[:, 0], knobs, greedy, record_logits), B, rules)
+        return _constrain_state(_record(s, logits[:, 0], knobs, mode, record_logits), B, rules)
 
     with use_rules(rules):
         return jax.lax.while_loop(cond, body, state)
@@ -322,7 +332,7 @@ class Sampler:
         put = lambda x: jax.device_put(x, _batch_sharding(self.rules, x.shape))  # noqa: E731
         tokens, positions, segments = put(tokens), put(positions), put(segments)
         knobs["sample_ids"] = put(ids)
-        static = dict(module=self.model.module, cfg=_Static(self.model.config), greedy=params.temperature == 0.0,
+        static = dict(module=self.model.module, cfg=_Static(self.model.config), mode=sampling_mode(params),
                       record_logits=record_logits, rules=_Static(self.rules))
         state = _prefill(self.model.params, tokens, positions, segments, knobs, cache_len=P + M,
                          cache_dtype=self.cache_dtype, max_new=M, **static)

@@ -211,3 +211,15 @@ def test_cli_names_missing_checkpoint(tmp_path):
     res = subprocess.run([sys.executable, "-m", "jax_distill.evaluate", "--config", "configs/eval/default.py",
                           f"--config.output_dir={tmp_path}"], capture_output=True, text=True, timeout=300)
     assert res.returncode != 0 and "config.checkpoint" in res.stderr
+
+
+def test_missing_task_file_is_named(tmp_path):
+    from jax_distill.cli import load_config
+
+    mc = load_config("configs/eval/default.py", {"multiple_choice.data_dir": str(tmp_path)}).multiple_choice
+    with pytest.raises(FileNotFoundError, match=r"task 'piqa': set multiple_choice\.files\.piqa or put piqa\.jsonl"):
+        ev.task_file(mc, "piqa")
+    (tmp_path / "mmlu.parquet").write_bytes(b"")
+    assert ev.task_file(mc, "mmlu_other") == tmp_path / "mmlu.parquet"  # MMLU groups share one file
+    with pytest.raises(ValueError, match="unknown multiple-choice task 'mmlu'"):
+        ev.load_task("mmlu", tmp_path / "mmlu.parquet")

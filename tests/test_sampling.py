@@ -116,17 +116,17 @@ def test_stops_on_eos_and_stop_strings(llama, tokenizer):
     _, model = llama
     prompts = [tokenizer.encode(p) for p in PROMPTS]
     sampler = Sampler(model, tokenizer, chunk_size=4)
-    free = sampler.generate(prompts, SampleParams(max_new_tokens=24, stop_token_ids=()))
+    free = sampler.generate(prompts, SampleParams(max_new_tokens=16, stop_token_ids=()))
     # EOS: declare the token generated at step 5 of row 0 an end-of-sequence id
     eos = free.token_ids[0][5]
     first = free.token_ids[0].index(eos)
-    got = sampler.generate(prompts, SampleParams(max_new_tokens=24, stop_token_ids=(eos,)))
+    got = sampler.generate(prompts, SampleParams(max_new_tokens=16, stop_token_ids=(eos,)))
     assert got.token_ids[0] == free.token_ids[0][: first + 1] and got.finish_reasons[0] == "stop"
     assert got.texts[0] == tokenizer.decode(free.token_ids[0][:first], skip_special_tokens=False)
     # stop string: a piece of row 1's text from the middle (multi-token), found across chunk boundaries
     text = free.texts[1]
     stop = next(text[i : i + 3] for i in range(6, len(text) - 3) if len(tokenizer.encode(text[i : i + 3])) > 1)
-    got = sampler.generate(prompts, SampleParams(max_new_tokens=24, stop=(stop,), stop_token_ids=()))
+    got = sampler.generate(prompts, SampleParams(max_new_tokens=16, stop=(stop,), stop_token_ids=()))
     assert got.texts[1] == text[: text.index(stop)]
     assert got.finish_reasons[1] == "stop"
     n = got.lengths[1]
@@ -163,8 +163,8 @@ def test_top_p_keeps_only_the_nucleus():
     assert kept(2, 0.6) == [0]  # top-p on the renormalised top-2: 0.5/0.75 = 0.67 already >= 0.6
     n = 4000
     keys = jax.random.split(jax.random.key(0), n)
-    draw = jax.jit(sample_logits, static_argnames="greedy")
-    draws = np.asarray(draw(jnp.tile(logits, (n, 1)), keys, 1.0, 0, 0.7, greedy=False))
+    draw = jax.jit(sample_logits, static_argnames="mode")
+    draws = np.asarray(draw(jnp.tile(logits, (n, 1)), keys, 1.0, 0, 0.7, mode="filter"))
     assert set(draws.tolist()) == {0, 1}
     assert abs((draws == 0).mean() - 2 / 3) < 0.03  # renormalised nucleus: 0.5 / 0.75
 
