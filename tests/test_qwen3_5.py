@@ -103,6 +103,18 @@ def test_wrong_conv_shape_is_named(tiny, tmp_path):
         from_pretrained(bad)
 
 
+def test_loads_onto_mesh(tiny):
+    """Every parameter (stacked per layer kind, conv re-laid out) lands sharded on fsdp x tensor."""
+    from jax_distill.parallel.sharding import ShardingRules, make_mesh
+
+    folder, _, model = tiny
+    mesh = make_mesh(data=1, fsdp=-1, tensor=2)
+    placed = from_pretrained(folder, rules=ShardingRules(mesh))
+    assert placed.params["delta_layers"]["in_proj_qkv"].sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+    for a, b in zip(jax.tree.leaves(model.params), jax.tree.leaves(placed.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 # ----------------------------------------------------------------------------- cache and packing
 
 
@@ -139,8 +151,8 @@ def test_packed_rows_equal_separate_examples(tiny):
     positions[1, :a], segments[1, :a] = np.arange(a), 1
     positions[2, :b], segments[2, :b] = np.arange(b), 7
     logits, _ = run(model, tokens, positions, segments)
-    assert max_err(logits[0, :a], logits[1, :a]) < 1e-5
-    assert max_err(logits[0, a : a + b], logits[2, :b]) < 1e-5
+    assert max_err(logits[0, :a], logits[1, :a]) < 1e-4  # a leak across the boundary is O(0.1)
+    assert max_err(logits[0, a : a + b], logits[2, :b]) < 1e-4
 
 
 def test_bf16_prefill_and_decode_within_bf16_tolerance(tiny):
