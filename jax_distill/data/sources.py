@@ -24,6 +24,16 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 _REMOTE: dict[str, str] = {}  # local cache path -> the gs:// name reports should show
 
 
+# A directory yields its record files only: a trace stage's directory also holds failure sidecars,
+# done markers and summaries (traces/store.py), which are not training records.
+RECORD_SUFFIXES = (".jsonl", ".ndjson", ".parquet", ".pq")
+SIDECAR_SUFFIXES = (".errors.jsonl",)
+
+
+def _is_record_file(name: str) -> bool:
+    return name.endswith(RECORD_SUFFIXES) and not name.endswith(SIDECAR_SUFFIXES)
+
+
 def resolve_files(spec: str, fmt: str = "auto") -> list[str]:
     """Files named by `spec`: comma-separated paths, globs or directories (local or gs://), sorted."""
     files: list[str] = []
@@ -32,7 +42,7 @@ def resolve_files(spec: str, fmt: str = "auto") -> list[str]:
             files.extend(_gcs_files(part))
             continue
         if os.path.isdir(part):
-            found = sorted(str(p) for p in Path(part).iterdir() if p.is_file() and _format_of(str(p), "auto"))
+            found = sorted(str(p) for p in Path(part).iterdir() if _is_record_file(p.name) and p.is_file())
         elif glob.has_magic(part):
             found = sorted(glob.glob(part, recursive=True))
         else:
@@ -56,7 +66,7 @@ def _gcs_files(spec: str) -> list[str]:
     fs = gcsfs.GCSFileSystem()
     remote = sorted(fs.glob(spec[len("gs://") :]) if glob.has_magic(spec) else [spec[len("gs://") :]])
     if len(remote) == 1 and fs.isdir(remote[0]):
-        remote = sorted(p for p in fs.ls(remote[0], detail=False) if not fs.isdir(p))
+        remote = sorted(p for p in fs.ls(remote[0], detail=False) if _is_record_file(p) and not fs.isdir(p))
     if not remote:
         raise DataError(f"data.path: nothing matches {spec!r}")
     cache = Path(os.environ.get("JAX_DISTILL_CACHE", Path.home() / ".cache" / "jax_distill")) / "gcs"

@@ -10,10 +10,12 @@ adapter on a projection turns that leaf into `Adapted(base, lora)` and `linear` 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
 import zlib
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -242,11 +244,37 @@ def attention_mask(
     return mask
 
 
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+_ATTENTION_IMPL: contextvars.ContextVar[str] = contextvars.ContextVar("attention_impl", default="xla")
+
+
+@contextlib.contextmanager
+def attention_implementation(name: str) -> Iterator[None]:
+    """Select the attention kernel while tracing: "xla" (portable einsum reference, any device) or
+    "cudnn" (fused flash attention on NVIDIA GPUs; used where it applies: bf16/fp16, no sinks,
+    head_dim <= 128; elsewhere the reference runs)."""
+    if name not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"unknown attention implementation {name!r}; choose from {ATTENTION_IMPLEMENTATIONS}")
+    token = _ATTENTION_IMPL.set(name)
+    try:
+        yield
+    finally:
+        _ATTENTION_IMPL.reset(token)
+
+
 def dot_product_attention(q: Array, k: Array, v: Array, mask: Array, sinks: Array | None = None) -> Array:
     """Grouped-query attention. q [B,T,N,H], k/v [B,S,K,H], mask [B,T,S] -> [B,T,N,H].
 
     Softmax in fp32. `sinks` [N] adds one learned logit per head to the normaliser (gpt-oss).
     """
+    fused = (
+        _ATTENTION_IMPL.get() == "cudnn"
+        and sinks is None
+        and q.dtype in (jnp.bfloat16, jnp.float16)
+        and q.shape[-1] <= 128
+    )
+    if fused:
+        return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation="cudnn")
     b, t, n, h = q.shape
     kh = k.shape[2]
     q = q.reshape(b, t, kh, n // kh, h)  # [B, T, K, G, H]

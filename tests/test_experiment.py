@@ -1,0 +1,89 @@
+"""The embedded default experiment, in miniature: every stage wired end to end, then resumed."""
+
+import json
+
+import pytest
+
+from jax_distill import experiment
+from jax_distill.cli import load_config
+
+DEMO = "configs/experiment/demo.py"
+
+
+def miniature(workdir, **extra):
+    """The demo config shrunk so the whole grid runs in about a minute on 2 cores."""
+    overrides = {
+        "workdir": str(workdir),
+        "problems.synthetic.num": 60,
+        "problems.eval_limit": 6,
+        "methods": "full",
+        "train.train.seq_len": 512,
+        "train.train.batch_size": 8,
+        "train.data.num_epochs": 1,
+        "train.checkpoint.every": 0,
+        "eval.generation.max_tokens": 48,
+        "eval.generation.batch_size": 8,
+        **extra,
+    }
+    overrides["students.tiny-qwen3.tiny.hidden_size"] = 64
+    overrides["students.tiny-qwen3.tiny.intermediate_size"] = 96
+    overrides["students.tiny-qwen3.tiny.num_layers"] = 2
+    overrides["students.tiny-qwen3.tiny.head_dim"] = 16
+    return load_config(DEMO, overrides)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("demo")
+    return work, experiment.run(miniature(work))
+
+
+def test_every_stage_writes_its_output(demo_run):
+    work, result = demo_run
+    assert len(result["runs"]) == 4  # one method x four variants
+    for run_dir in result["runs"]:
+        summary = json.loads((work / run_dir / "train_summary.json").read_text())
+        assert summary["status"] == "complete" and summary["train_tokens"] > 0
+        results = json.loads((work / run_dir / "eval" / "eval_results.json").read_text())
+        generation = results["generation"]
+        assert generation["overall"]["n"] == generation["problems"]["eval"] > 0
+        # the stage config lives beside its output and reloads through configs/from_json.py
+        assert load_config(f"configs/from_json.py:{work / run_dir / 'train_config.json'}").train.run_dir == str(run_dir)
+    # tiny student built from the traces' own text, as an ordinary HF folder
+    assert (work / "students" / "tiny-qwen3" / "tokenizer.json").exists()
+
+
+def test_report_table_has_every_variant_and_relative_columns(demo_run):
+    work, _ = demo_run
+    table = (work / "report" / "main_table.md").read_text()
+    for variant in ("raw", "compressed-extractive", "truncated-extractive", "answer-only"):
+        assert f"| {variant} |" in table
+    rows = json.loads((work / "report" / "report.json").read_text())["rows"]
+    by_variant = {(r["method"], r["variant"]): r for r in rows}
+    raw, comp = by_variant[("full", "raw")], by_variant[("full", "compressed-extractive")]
+    # compressed traces are far shorter, so the student trains on far fewer tokens
+    assert comp["train_tokens"] < 0.5 * raw["train_tokens"]
+    assert comp["train_token_ratio"] == pytest.approx(comp["train_tokens"] / raw["train_tokens"], rel=1e-6)
+    assert list((work / "report").glob("accuracy_vs_length_*.png"))
+
+
+def test_rerun_resumes_without_redoing_work(demo_run, capsys):
+    work, first = demo_run
+    stamps = {p: p.stat().st_mtime for p in work.glob("runs/**/train_summary.json")}
+    second = experiment.run(miniature(work))
+    assert second["runs"] == first["runs"]
+    assert stamps == {p: p.stat().st_mtime for p in work.glob("runs/**/train_summary.json")}
+
+
+def test_plan_only_prints_one_command_per_stage(tmp_path, capsys):
+    result = experiment.run(miniature(tmp_path, plan_only=True))
+    plan = result["plan"]
+    assert sum("jax_distill.train" in p for p in plan) == 4
+    assert sum("jax_distill.evaluate" in p for p in plan) == 4
+    assert all("configs/from_json.py:" in p for p in plan)
+    assert not (tmp_path / "runs" / "procedural" / "tiny-qwen3" / "full" / "raw" / "train_summary.json").exists()
+
+
+def test_unknown_variant_is_named(tmp_path):
+    with pytest.raises(ValueError, match="unknown variant 'distilled'"):
+        experiment.run(miniature(tmp_path, variants="raw,distilled", stages="train"))
