@@ -23,13 +23,16 @@ MXFP4_CONFIG = {
 
 
 def _save_reference(folder, seed=0):
-    """Tiny random HF gpt-oss with every bias and sink non-zero (HF initialises most biases at zero)."""
+    """Tiny random HF gpt-oss with every bias and sink non-zero (HF initialises most biases at zero)
+    and gate/up weights large enough that the SwiGLU limit (7) clamps."""
     model = hf_tiny.torch_model(hf_tiny.tiny_hf_config("gpt_oss"), seed)
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("bias") or name.endswith("sinks"):
                 p.add_(0.3 * torch.randn(p.shape, generator=gen))
+            if name.endswith("experts.gate_up_proj"):
+                p.mul_(6.0)
     model.save_pretrained(folder)
     transformers.AutoTokenizer.from_pretrained(hf_tiny.tokenizer_dir()).save_pretrained(folder)
     return model

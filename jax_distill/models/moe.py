@@ -76,11 +76,13 @@ def experts(
     return jnp.zeros((T, x.shape[-1]), jnp.float32).at[token].add(y).astype(x.dtype)
 
 
-def _block_layout(sorted_experts: Array, group_sizes: Array, num_experts: int, block: int = 128):
+def _block_layout(sorted_experts: Array, group_sizes: Array, num_experts: int, block: int = 512):
     """Rows for the blocked layout: each expert's group starts on a block boundary.
 
     Returns the padded row of every sorted assignment [A], the expert of every block [NB] and the
-    block size; NB = ceil(A / b) + E bounds the blocks any routing can need (static shape).
+    block size; NB = ceil(A / b) + E bounds the blocks any routing can need (static shape). The block
+    shrinks to the mean group size for small batches; 512 was fastest at gpt-oss-20b sizes on an H200
+    (8192 tokens: 128 -> 98 ms, 256 -> 64 ms, 512 -> 48 ms forward+backward).
     """
     A = sorted_experts.shape[0]
     b = int(min(block, max(8, _next_pow2(A // num_experts))))
