@@ -33,7 +33,8 @@ _forward = jax.jit(qwen3_5.forward, static_argnums=1)
 
 def run(model, tokens, positions, segments, cache=None):
     """Jitted forward; cfg is static and shapes repeat across tests, so each shape compiles once."""
-    logits, cache = _forward(model.params, model.config, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(segments), cache)
+    tokens, positions, segments = (jnp.asarray(a) for a in (tokens, positions, segments))
+    logits, cache = _forward(model.params, model.config, tokens, positions, segments, cache)
     return np.asarray(logits), cache
 
 
@@ -81,7 +82,8 @@ def test_conditional_generation_layout_loads_and_exports_text_only(tiny, tmp_pat
 
     out = save_pretrained(model, tmp_path / "export", tokenizer_from=folder)
     assert json.loads((out / "config.json").read_text())["architectures"] == ["Qwen3_5ForCausalLM"]
-    assert not any(k.startswith(("model.language_model.", "model.visual.", "mtp.")) for k in load_file(out / "model.safetensors"))
+    exported = load_file(out / "model.safetensors")
+    assert not any(k.startswith(("model.language_model.", "model.visual.", "mtp.")) for k in exported)
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
     assert type(reloaded).__name__ == "Qwen3_5ForCausalLM"
     np.testing.assert_allclose(hf_tiny.torch_logits(reloaded, tokens, positions, mask), theirs, atol=1e-5)
@@ -99,7 +101,8 @@ def test_wrong_conv_shape_is_named(tiny, tmp_path):
     tensors[key] = tensors[key][:, :, :3]
     save_file(tensors, bad / "model.safetensors", metadata={"format": "pt"})
     (bad / "config.json").write_text((folder / "config.json").read_text())
-    with pytest.raises(CheckpointError, match=r"'model\.layers\.4\.linear_attn\.conv1d\.weight' has shape \[512, 1, 3\]"):
+    named = r"'model\.layers\.4\.linear_attn\.conv1d\.weight' has shape \[512, 1, 3\]"
+    with pytest.raises(CheckpointError, match=named):
         from_pretrained(bad)
 
 
@@ -110,7 +113,8 @@ def test_loads_onto_mesh(tiny):
     folder, _, model = tiny
     mesh = make_mesh(data=1, fsdp=-1, tensor=2)
     placed = from_pretrained(folder, rules=ShardingRules(mesh))
-    assert placed.params["delta_layers"]["in_proj_qkv"].sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+    qkv = placed.params["delta_layers"]["in_proj_qkv"]
+    assert qkv.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
     for a, b in zip(jax.tree.leaves(model.params), jax.tree.leaves(placed.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -147,7 +151,8 @@ def test_packed_rows_equal_separate_examples(tiny):
     tokens[2, :b] = tokens[0, a : a + b]
     positions = np.zeros((3, 13), np.int32)
     segments = np.zeros((3, 13), np.int32)
-    positions[0, :a], positions[0, a : a + b], segments[0, :a], segments[0, a : a + b] = np.arange(a), np.arange(b), 1, 2
+    positions[0, :a], segments[0, :a] = np.arange(a), 1
+    positions[0, a : a + b], segments[0, a : a + b] = np.arange(b), 2
     positions[1, :a], segments[1, :a] = np.arange(a), 1
     positions[2, :b], segments[2, :b] = np.arange(b), 7
     logits, _ = run(model, tokens, positions, segments)

@@ -77,7 +77,7 @@ def recurrent_gated_delta_rule(
         S = S + kt[..., :, None] * ((vt - predicted) * bt[..., None])[..., None, :]
         return (S, rt), jnp.einsum("bnk,bnkv->bnv", qt, S, precision=PRECISION)
 
-    xs = tuple(jnp.moveaxis(f32(a) if a is not runs else a, 1, 0) for a in (q, k, v, g, beta, runs))
+    xs = tuple(jnp.moveaxis(a, 1, 0) for a in (f32(q), f32(k), f32(v), f32(g), f32(beta), runs))  # time first
     (state, _), out = jax.lax.scan(step, (f32(state), state_run), xs)
     return jnp.moveaxis(out, 0, 1), state
 

@@ -327,6 +327,11 @@ def init_cache(cfg: Config, batch: int, max_len: int, dtype=jnp.float32) -> dict
     }
 
 
+def _take(tree, start: int, n: int):
+    """Layers [start, start + n) of a stacked tree."""
+    return jax.tree.map(lambda a: a[start : start + n], tree)
+
+
 def hidden_states(
     params: dict,
     cfg: Config,
@@ -380,19 +385,19 @@ def hidden_states(
         return L.remat(run, remat)
 
     def period(x, scanned):
+        """One period of the schedule: an inner scan over each run of same-kind layers."""
         p, c, layer_id = scanned
-        offset = {kind: 0 for kind in stacked}
-        out_caches = {kind: [] for kind in stacked}
+        start = dict.fromkeys(stacked, 0)
+        new_caches = {kind: [] for kind in stacked}
         for kind, n in runs:
-            o = offset[kind]
-            sl = lambda tree: jax.tree.map(lambda a: a[o : o + n], tree)  # noqa: E731,B023
-            x, new = jax.lax.scan(block(kind), x, (sl(p[kind]), None if c is None else sl(c[kind]), layer_id[kind][o : o + n]))
-            out_caches[kind].append(new)
-            offset[kind] += n
+            i = start[kind]
+            xs = (_take(p[kind], i, n), None if c is None else _take(c[kind], i, n), layer_id[kind][i : i + n])
+            x, new = jax.lax.scan(block(kind), x, xs)
+            new_caches[kind].append(new)
+            start[kind] += n
         if c is None:
             return x, None
-        joined = {k: jax.tree.map(lambda *a: jnp.concatenate(a), *v) for k, v in out_caches.items()}
-        return x, joined
+        return x, {kind: jax.tree.map(lambda *a: jnp.concatenate(a), *parts) for kind, parts in new_caches.items()}
 
     x, new_caches = jax.lax.scan(period, x, (stacked, caches, {k: jnp.asarray(v) for k, v in ids.items()}))
     x = L.rms_norm(x, params["final_norm"], cfg.rms_norm_eps, zero_centered=True)
@@ -445,7 +450,8 @@ def _conv_tensor(key: str, ids: tuple[int, ...], width: int, channels: int) -> S
         name = key.format(i=ids[layer])
         shape = reader.shape(name)
         if shape != (channels, 1, width):
-            raise CheckpointError(f"{reader.folder}: tensor {name!r} has shape {list(shape)}, expected {[channels, 1, width]}")
+            want = [channels, 1, width]
+            raise CheckpointError(f"{reader.folder}: tensor {name!r} has shape {list(shape)}, expected {want}")
         return reader.read(name)[:, 0, :].T
 
     def write(arr: np.ndarray, layer: int) -> dict[str, np.ndarray]:
@@ -465,7 +471,8 @@ def weight_map(cfg: Config) -> dict[tuple[str, ...], HFTensor]:
     }
     tables = {
         ("delta_layers", LINEAR): common
-        | {n: f"linear_attn.{n}.weight" for n in ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "out_proj", "norm")}
+        | {n: f"linear_attn.{n}.weight" for n in ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "out_proj")}
+        | {"norm": "linear_attn.norm.weight"}
         | {"dt_bias": "linear_attn.dt_bias", "A_log": "linear_attn.A_log"},
         ("attn_layers", FULL): common
         | {f"{p}_proj": f"self_attn.{p}_proj.weight" for p in "qkvo"}
