@@ -17,6 +17,8 @@ stage alone, e.g. on another host. `plan_only=True` prints those commands instea
 dispatching the grid over TPU slices and GPU hosts with launch/).
 
 Variants: raw | compressed:<compressor> | truncated:<compressor> | answer_only.
+Training uses `train_recipes.<student>.<method>` where given (the paper's per-student recipes), else the
+shared `train` template; `method_overrides.<method>` then applies to either.
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ class Runner:
         out.mkdir(parents=True, exist_ok=True)
         cfg_file = out / f"{name}_config.json"
         cfg_file.write_text(cfg.to_json_best_effort(indent=2))
-        module = "train" if name == "train" else "evaluate" if name == "evaluate" else f"traces.{name}"
+        module = name if name in ("train", "evaluate", "report") else f"traces.{name}"
         self.plan.append(f"python -m jax_distill.{module} --config configs/from_json.py:{cfg_file}")
         if self.config.plan_only or name not in self.stages:
             return None
@@ -207,8 +209,9 @@ class Runner:
                         run_dir = self.work / "runs" / teacher / student / method / label
                         run_dirs.append(run_dir)
                         data = self.data_dir(variant, teacher, student, trace_dirs, ablation_dirs)
+                        recipe = self.config.train_recipes.get(student, {}).get(method)
                         cfg = _derive(
-                            self.config.train,
+                            recipe if recipe is not None else self.config.train,
                             **{"model.path": str(folder), "method": method, "train.run_dir": str(run_dir),
                                "data.path": str(data), "meta.teacher": teacher, "meta.student": student,
                                "meta.variant": label, "meta.name": f"{teacher}/{student}/{method}/{label}"},

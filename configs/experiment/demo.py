@@ -66,6 +66,7 @@ def get_config() -> ConfigDict:
     t.export.peft = False
     t.data.read_threads = 1
     c.train = t
+    c.train_recipes = ConfigDict()  # per student and method (see configs/experiment/paper.py)
     c.method_overrides = ConfigDict({
         "lora": ConfigDict(dict(optim=dict(lr=3e-3), lora=dict(rank=16, alpha=32.0, dropout=0.0))),
         "full": ConfigDict(dict(optim=dict(lr=3e-3))),

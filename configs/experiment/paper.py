@@ -1,0 +1,72 @@
+"""The paper's main grid (2 teachers x 4 students x 3 trace types x 2 methods = 48 runs) plus the
+length-matched truncation and answer-only ablations, on real models.
+
+Point the paths at local or gs:// copies of the models (no hub at run time), then either run it all from
+one host, or print one command per stage and dispatch them (vLLM stages on GPU hosts with
+launch/gpu_host.sh, training on TPU slices with launch/tpu_vm.sh):
+
+  python -m jax_distill.experiment --config configs/experiment/paper.py --config.workdir=runs/paper \
+      --config.plan_only=True
+"""
+
+from pathlib import Path
+
+from ml_collections import ConfigDict
+
+from jax_distill.cli import config_file
+from jax_distill.problems.sources import default_config as problems_config
+from jax_distill.training.config import paper_config
+
+CONFIGS = Path(__file__).resolve().parent.parent
+MODELS = "gs://YOUR_BUCKET/models"  # where the HF folders live
+
+STUDENTS = {  # name in tables (config keys take no dots) -> (folder under MODELS, paper recipe key)
+    "qwen35-0p8b": ("Qwen3.5-0.8B-Base", "qwen3.5-0.8b"),
+    "qwen35-9b": ("Qwen3.5-9B-Base", "qwen3.5-9b"),
+    "llama31-8b": ("Llama-3.1-8B", "llama-3.1-8b"),
+    "gptoss-20b": ("gpt-oss-20b", "gpt-oss-20b"),
+}
+
+
+def get_config() -> ConfigDict:
+    c = ConfigDict()
+    c.workdir = "runs/paper"
+    c.stages = "generate,compress,truncate,train,evaluate,report"
+    c.plan_only = False
+
+    c.problems = problems_config()
+    c.problems.sources = "hf"
+    c.problems.hf.names = "multiarith,gpqa_diamond,arc_challenge"
+
+    qwen = config_file(f"{CONFIGS}/traces/generate.py:qwen3_vllm")
+    qwen.engine.model = f"{MODELS}/Qwen3.5-397B-A17B"
+    qwen.engine.tensor_parallel_size = 8
+    gptoss = config_file(f"{CONFIGS}/traces/generate.py:gptoss_vllm")
+    gptoss.engine.model = f"{MODELS}/gpt-oss-120b"
+    gptoss.engine.tensor_parallel_size = 4
+    c.teachers = ConfigDict({"qwen35-397b": qwen, "gptoss-120b": gptoss})
+
+    llama = config_file(f"{CONFIGS}/traces/compress.py:vllm")
+    llama.compressor.engine.model = f"{MODELS}/Llama-3.3-70B-Instruct"
+    ministral = config_file(f"{CONFIGS}/traces/compress.py:vllm")
+    ministral.compressor.engine.model = f"{MODELS}/Ministral-3-14B-Instruct-2512"
+    ministral.compressor.engine.tensor_parallel_size = 1
+    c.compressors = ConfigDict({"llama": llama, "ministral": ministral})
+    c.truncate = config_file(f"{CONFIGS}/traces/truncate.py")
+
+    c.students = ConfigDict({name: ConfigDict(dict(path=f"{MODELS}/{folder}", tiny={})) for name, (folder, _) in STUDENTS.items()})
+    c.methods = "lora,full"
+    c.variants = "raw,compressed:llama,compressed:ministral,truncated:llama,truncated:ministral,answer_only"
+
+    c.train = paper_config("llama-3.1-8b", "lora")  # template for students without a recipe below
+    c.train_recipes = ConfigDict({
+        name: ConfigDict({method: paper_config(key, method) for method in ("lora", "full")})
+        for name, (_, key) in STUDENTS.items()
+    })
+    c.method_overrides = ConfigDict()
+
+    e = config_file(f"{CONFIGS}/eval/default.py")
+    e.generation.max_tokens = 32768
+    c.eval = e
+    c.report = config_file(f"{CONFIGS}/eval/report.py")
+    return c
