@@ -310,7 +310,11 @@ def decoder_layer(kind: str, x: Array, p: dict, cfg: Config, ctx: dict, layer_ca
 
 
 def init_cache(cfg: Config, batch: int, max_len: int, dtype=jnp.float32) -> dict:
-    """Empty decoding state: KV slots (attention layers), conv history + fp32 state (DeltaNet layers)."""
+    """Empty decoding state: KV slots (attention layers), conv history + fp32 state (DeltaNet layers).
+
+    Start every new batch from a fresh cache: unlike stale KV slots, a stale DeltaNet state would be
+    carried into a new prompt whose segment id equals the old one.
+    """
     La, Ld = len(layer_ids(cfg, FULL)), len(layer_ids(cfg, LINEAR))
     kv = (La, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
     W = cfg.linear_conv_kernel_dim
