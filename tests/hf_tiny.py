@@ -137,8 +137,8 @@ def tiny_hf_config(family: str, vocab_size: int = 512, **overrides):
 def _tiny_gpt_oss_config(vocab_size: int, ids: dict):
     """gpt-oss with every feature live at tiny size: a window (5) shorter than test sequences, YaRN with
     a small original length, 5 experts top-2. Hidden and expert widths are multiples of 32 so the
-    experts can be MXFP4-quantized. The SwiGLU limit stays at its default 7.0: transformers < 5.20
-    ignores `swiglu_limit` (scale the expert weights instead to make the clamp bite)."""
+    experts can be MXFP4-quantized. The SwiGLU limit stays at its default 7.0: transformers 5.17
+    hard-codes it (5.24 reads `swiglu_limit`); scale the expert weights to make the clamp bite."""
     import transformers
 
     return transformers.GptOssConfig(
