@@ -35,6 +35,10 @@ from jax_distill.parallel.sharding import constrain
 
 Array = jax.Array
 SLIDING, FULL = "sliding_attention", "full_attention"
+DEFAULT_YARN = {  # GptOssConfig's rope_parameters when config.json gives none
+    "rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False,
+    "original_max_position_embeddings": 4096,
+}  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,14 +85,10 @@ class Config:
         quant = hf.get("quantization_config") or {}
         if quant and quant.get("quant_method") != "mxfp4":
             raise CheckpointError(f"unsupported quantization_config.quant_method {quant.get('quant_method')!r}")
-        hf_rope = dict(hf)
-        if not hf.get("rope_parameters") and not hf.get("rope_scaling"):  # GptOssConfig's default YaRN
-            hf_rope["rope_parameters"] = {
-                "rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False,
-                "original_max_position_embeddings": 4096, "rope_theta": hf.get("rope_theta", 150000.0),
-            }  # fmt: skip
-        if "rope_theta" not in hf and "rope_theta" not in (hf_rope.get("rope_parameters") or {}):
-            hf_rope["rope_theta"] = 150000.0
+        hf_rope = dict(hf)  # GptOssConfig's defaults where the file is silent
+        if not hf.get("rope_parameters") and not hf.get("rope_scaling"):
+            hf_rope["rope_parameters"] = dict(DEFAULT_YARN)
+        hf_rope.setdefault("rope_theta", (hf_rope.get("rope_parameters") or {}).get("rope_theta", 150000.0))
         fields = dict(
             vocab_size=hf["vocab_size"],
             hidden_size=hf["hidden_size"],
