@@ -62,16 +62,21 @@ def config_file(path: str) -> ConfigDict:
     return module.get_config(arg) if arg else module.get_config()
 
 
-def load_config(path: str, overrides: dict[str, Any] | None = None) -> ConfigDict:
-    """A config file as the CLI would load it, with dotted overrides applied (for in-process use)."""
-    cfg = config_file(path)
-    cfg.lock()
-    for dotted, value in (overrides or {}).items():
+def set_fields(cfg: ConfigDict, fields: dict[str, Any], where: str = "config") -> ConfigDict:
+    """Set dotted fields ("optim.lr") in place; each must already exist, as on the command line."""
+    for dotted, value in fields.items():
         node = cfg
         *parents, leaf = dotted.split(".")
         for name in parents:
             node = node[name]
         if leaf not in node:
-            raise KeyError(f"{path}: unknown config field {dotted!r}")
+            raise KeyError(f"{where}: unknown config field {dotted!r}")
         node[leaf] = value
     return cfg
+
+
+def load_config(path: str, overrides: dict[str, Any] | None = None) -> ConfigDict:
+    """A config file as the CLI would load it, with dotted overrides applied (for in-process use)."""
+    cfg = config_file(path)
+    cfg.lock()
+    return set_fields(cfg, overrides or {}, path)

@@ -32,6 +32,8 @@ from typing import Any, Callable
 
 from ml_collections import ConfigDict
 
+from jax_distill.cli import set_fields
+
 log = logging.getLogger("jax_distill.experiment")
 
 STAGES = ("generate", "compress", "truncate", "train", "evaluate", "report")
@@ -47,14 +49,7 @@ def _derive(template: ConfigDict, **fields: Any) -> ConfigDict:
     """A copy of a stage config with dotted fields set (the template stays untouched)."""
     cfg = copy.deepcopy(template)
     cfg.unlock()
-    for dotted, value in fields.items():
-        node = cfg
-        *parents, leaf = dotted.split(".")
-        for name in parents:
-            node = node[name]
-        if leaf not in node:
-            raise KeyError(f"experiment: stage config has no field {dotted!r}")
-        node[leaf] = value
+    set_fields(cfg, fields, "experiment: stage config")
     cfg.lock()
     return cfg
 
