@@ -461,7 +461,12 @@ def run(config) -> dict:
         from jax_distill.problems import load_problems_with_report
 
         _, problems, problem_report = load_problems_with_report(config)
-        chat = chat_config(**config.chat.to_dict())
+        from ml_collections import ConfigDict
+
+        chat = config.chat.to_dict()
+        kwargs = chat.get("template_kwargs") or "{}"
+        chat["template_kwargs"] = ConfigDict(json.loads(kwargs) if isinstance(kwargs, str) else dict(kwargs))
+        chat = chat_config(**chat)
         engine = JaxEngine(model, tokenizer, rules=rules, batch_size=config.generation.batch_size, chat=chat,
                            model_name=str(config.checkpoint))
         t = time.time()

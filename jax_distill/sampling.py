@@ -321,7 +321,7 @@ class Sampler:
         ids = np.arange(B, dtype=np.int32) if sample_ids is None else np.asarray(list(sample_ids) + [0] * (B - n), np.int32)
         stop_ids, text_stops = self._stop_ids(params)
         knobs = {
-            "seed": jnp.asarray(params.seed, jnp.uint32),
+            "seed": jnp.asarray(params.seed & 0xFFFFFFFF, jnp.uint32),
             "temperature": jnp.asarray(params.temperature, jnp.float32),
             "top_k": jnp.asarray(params.top_k, jnp.int32),
             "top_p": jnp.asarray(params.top_p, jnp.float32),

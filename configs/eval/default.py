@@ -20,6 +20,7 @@ def get_config() -> ConfigDict:
         system="",  # optional system message
         template="auto",  # chat (tokenizer's) | fallback (data/chat.py FALLBACK_TEMPLATE) | auto
         template_date="2026-01-01",
+        template_kwargs="{}",  # JSON of extra template variables, e.g. {"reasoning_effort": "high"} (gpt-oss)
         end_of_turn="",
     ))
     c.generation = ConfigDict(dict(
