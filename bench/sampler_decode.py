@@ -20,18 +20,56 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 SHAPES = {  # name -> (HF config class, fields, batch, new tokens)
-    "llama3.1-8b": ("LlamaConfig", dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
-                                         num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-                                         rope_theta=500000.0, max_position_embeddings=8192), 32, 128),
-    "qwen3.5-0.8b": ("Qwen3_5TextConfig", dict(vocab_size=248320, hidden_size=1024, intermediate_size=3584,
-                                               num_hidden_layers=24, num_attention_heads=8, num_key_value_heads=2,
-                                               head_dim=256, linear_num_key_heads=16, linear_num_value_heads=16,
-                                               linear_key_head_dim=128, linear_value_head_dim=128,
-                                               tie_word_embeddings=True, max_position_embeddings=8192), 64, 256),
+    "llama3.1-8b": (
+        "LlamaConfig",
+        dict(
+            vocab_size=128256,
+            hidden_size=4096,
+            intermediate_size=14336,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            rope_theta=500000.0,
+            max_position_embeddings=8192,
+        ),
+        32,
+        128,
+    ),
+    "qwen3.5-0.8b": (
+        "Qwen3_5TextConfig",
+        dict(
+            vocab_size=248320,
+            hidden_size=1024,
+            intermediate_size=3584,
+            num_hidden_layers=24,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            head_dim=256,
+            linear_num_key_heads=16,
+            linear_num_value_heads=16,
+            linear_key_head_dim=128,
+            linear_value_head_dim=128,
+            tie_word_embeddings=True,
+            max_position_embeddings=8192,
+        ),
+        64,
+        256,
+    ),
 }
 SMOKE = {
-    "llama-smoke": ("LlamaConfig", dict(vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2), 4, 16),
+    "llama-smoke": (
+        "LlamaConfig",
+        dict(
+            vocab_size=512,
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        ),
+        4,
+        16,
+    ),
 }
 PROMPT = 256
 
@@ -94,10 +132,10 @@ def jax_rate(hf, batch, new):
 
 
 def greedy_parity(tmp):
+    import hf_tiny
     import jax
     import transformers
 
-    import hf_tiny
     from jax_distill.models import from_pretrained
     from jax_distill.sampling import SampleParams, Sampler
 
@@ -108,10 +146,20 @@ def greedy_parity(tmp):
     ref.generation_config.eos_token_id = None
     import torch
 
-    theirs = [ref.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long), max_new_tokens=32,
-                           do_sample=False, pad_token_id=0)[0, len(p):].tolist() for p in prompts]
+    theirs = [
+        ref.generate(
+            torch.tensor([p]),
+            attention_mask=torch.ones(1, len(p), dtype=torch.long),
+            max_new_tokens=32,
+            do_sample=False,
+            pad_token_id=0,
+        )[0, len(p) :].tolist()
+        for p in prompts
+    ]
     with jax.default_matmul_precision("highest"):
-        ours = Sampler(from_pretrained(folder), tok).generate(prompts, SampleParams(max_new_tokens=32, stop_token_ids=()))
+        ours = Sampler(from_pretrained(folder), tok).generate(
+            prompts, SampleParams(max_new_tokens=32, stop_token_ids=())
+        )
     return ours.token_ids == theirs
 
 
@@ -133,9 +181,20 @@ def main():
         cls_name, fields, batch, new = shapes[name]
         hf_tps, hf = hf_rate(cls_name, fields, batch, new, device)
         ours = jax_rate(hf, batch, new)
-        print(json.dumps({"shape": name, "batch": batch, "prompt": PROMPT, "new_tokens": new,
-                          "hf_generate_tok_s": round(hf_tps, 1), "jax_sampler_tok_s": round(ours, 1),
-                          "ratio_jax_over_hf": round(ours / hf_tps, 2)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "shape": name,
+                    "batch": batch,
+                    "prompt": PROMPT,
+                    "new_tokens": new,
+                    "hf_generate_tok_s": round(hf_tps, 1),
+                    "jax_sampler_tok_s": round(ours, 1),
+                    "ratio_jax_over_hf": round(ours / hf_tps, 2),
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

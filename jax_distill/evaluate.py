@@ -52,8 +52,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_distill.sampling import _Static, bucket
 from jax_distill.parallel.sharding import use_rules
+from jax_distill.sampling import _Static, bucket
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,9 @@ def _score(params, tokens, positions, segments, targets, target_mask, *, module,
     return total, greedy
 
 
-def loglikelihood(model, tokenizer, requests: Sequence[tuple[str, str]], batch_size: int = 16,
-                  max_length: int = 2048, rules=None) -> list[tuple[float, bool]]:
+def loglikelihood(
+    model, tokenizer, requests: Sequence[tuple[str, str]], batch_size: int = 16, max_length: int = 2048, rules=None
+) -> list[tuple[float, bool]]:
     """(sum log p(continuation | context), continuation is the greedy decode) per request.
 
     Longer than max_length + 1 tokens: the context is cut from the left, as the harness does."""
@@ -134,8 +135,9 @@ def loglikelihood(model, tokenizer, requests: Sequence[tuple[str, str]], batch_s
         arrays = [tokens, positions, segments, targets, tmask]
         if rules is not None:
             arrays = [jax.device_put(a, rules.sharding(("batch", None), a.shape)) for a in arrays]
-        total, greedy = _score(model.params, *arrays, module=model.module, cfg=_Static(model.config),
-                               rules=_Static(rules))
+        total, greedy = _score(
+            model.params, *arrays, module=model.module, cfg=_Static(model.config), rules=_Static(rules)
+        )
         total, greedy = np.asarray(total), np.asarray(greedy)
         for r, i in enumerate(idx):
             out[i] = (float(total[r]), bool(greedy[r]))
@@ -356,7 +358,9 @@ def evaluate_multiple_choice(model, tokenizer, mc_cfg, rules=None) -> dict:
         scores = loglikelihood(model, tokenizer, requests, mc_cfg.batch_size, mc_cfg.max_length, rules)
         res = score_docs(docs, [s for s, _ in scores])
         res.update(file=str(path), seconds=round(time.time() - start, 2), **report)
-        log.info("%s: acc %.4f acc_norm %.4f (n=%d, %.1fs)", task, res["acc"], res["acc_norm"], res["n"], res["seconds"])
+        log.info(
+            "%s: acc %.4f acc_norm %.4f (n=%d, %.1fs)", task, res["acc"], res["acc_norm"], res["n"], res["seconds"]
+        )
         results[task] = res
     return results
 
@@ -395,20 +399,35 @@ def evaluate_generation(engine, problems, gen_cfg) -> tuple[dict, list[dict]]:
     from jax_distill.engines.base import SamplingParams
     from jax_distill.problems import check_answers, extract_answer
 
-    params = SamplingParams(n=gen_cfg.n, temperature=gen_cfg.temperature, top_p=gen_cfg.top_p,
-                            top_k=gen_cfg.top_k, max_tokens=gen_cfg.max_tokens, seed=gen_cfg.seed,
-                            stop=tuple(s for s in gen_cfg.stop.split("|") if s))
+    params = SamplingParams(
+        n=gen_cfg.n,
+        temperature=gen_cfg.temperature,
+        top_p=gen_cfg.top_p,
+        top_k=gen_cfg.top_k,
+        max_tokens=gen_cfg.max_tokens,
+        seed=gen_cfg.seed,
+        stop=tuple(s for s in gen_cfg.stop.split("|") if s),
+    )
     requests = [[{"role": "user", "content": p.question}] for p in problems]
     completions = engine.generate(requests, params)
     samples = []
     for p, outs in zip(problems, completions):
         for j, c in enumerate(outs):
             answer = extract_answer(c.answer_text, p.answer_type) if c.answer_text else None
-            samples.append({
-                "id": p.id, "dataset": p.dataset, "sample": j, "gold": p.gold, "answer_type": p.answer_type,
-                "answer": answer, "finish_reason": c.finish_reason, "output_tokens": c.completion_tokens,
-                "reasoning_tokens": engine.count_tokens(c.reasoning) if c.reasoning else 0, "text": c.text,
-            })
+            samples.append(
+                {
+                    "id": p.id,
+                    "dataset": p.dataset,
+                    "sample": j,
+                    "gold": p.gold,
+                    "answer_type": p.answer_type,
+                    "answer": answer,
+                    "finish_reason": c.finish_reason,
+                    "output_tokens": c.completion_tokens,
+                    "reasoning_tokens": engine.count_tokens(c.reasoning) if c.reasoning else 0,
+                    "text": c.text,
+                }
+            )
     checks = check_answers([(s["answer"], s["gold"], s["answer_type"]) for s in samples], gen_cfg.check_timeout_s)
     for s, ok in zip(samples, checks):
         s["correct"] = ok
@@ -449,8 +468,9 @@ def run(config) -> dict:
     start = time.time()
     rules = ShardingRules(make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor))
     dtype = jnp.dtype(config.dtype)
-    model = from_pretrained(config.checkpoint, dtype=dtype, compute_dtype=jnp.dtype(config.compute_dtype or dtype),
-                            rules=rules)
+    model = from_pretrained(
+        config.checkpoint, dtype=dtype, compute_dtype=jnp.dtype(config.compute_dtype or dtype), rules=rules
+    )
     tokenizer = AutoTokenizer.from_pretrained(local_folder(config.tokenizer or config.checkpoint))
     results: dict[str, Any] = {
         "checkpoint": str(config.checkpoint),
@@ -467,8 +487,14 @@ def run(config) -> dict:
         kwargs = chat.get("template_kwargs") or "{}"
         chat["template_kwargs"] = ConfigDict(json.loads(kwargs) if isinstance(kwargs, str) else dict(kwargs))
         chat = chat_config(**chat)
-        engine = JaxEngine(model, tokenizer, rules=rules, batch_size=config.generation.batch_size, chat=chat,
-                           model_name=str(config.checkpoint))
+        engine = JaxEngine(
+            model,
+            tokenizer,
+            rules=rules,
+            batch_size=config.generation.batch_size,
+            chat=chat,
+            model_name=str(config.checkpoint),
+        )
         t = time.time()
         metrics, samples = evaluate_generation(engine, problems, config.generation)
         metrics["seconds"] = round(time.time() - t, 2)
@@ -478,8 +504,13 @@ def run(config) -> dict:
             for s in samples:
                 f.write(json.dumps(s, ensure_ascii=False) + "\n")
         o = metrics["overall"]
-        log.info("generation: accuracy %.4f, median reasoning tokens %s, truncated %.3f (n=%d)",
-                 o.get("accuracy", float("nan")), o.get("median_reasoning_tokens"), o.get("truncation_rate", 0), o["n"])
+        log.info(
+            "generation: accuracy %.4f, median reasoning tokens %s, truncated %.3f (n=%d)",
+            o.get("accuracy", float("nan")),
+            o.get("median_reasoning_tokens"),
+            o.get("truncation_rate", 0),
+            o["n"],
+        )
     if config.multiple_choice.tasks:
         results["multiple_choice"] = evaluate_multiple_choice(model, tokenizer, config.multiple_choice, rules)
     results["seconds"] = round(time.time() - start, 2)

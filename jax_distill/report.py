@@ -37,15 +37,30 @@ log = logging.getLogger(__name__)
 
 KEY = ("teacher", "student", "method", "variant")
 MAIN_COLUMNS = KEY + (
-    "accuracy", "median_reasoning_tokens", "median_output_tokens", "mean_output_tokens", "train_tokens",
-    "train_time_s", "train_speedup", "train_token_ratio", "length_reduction", "accuracy_retention",
+    "accuracy",
+    "median_reasoning_tokens",
+    "median_output_tokens",
+    "mean_output_tokens",
+    "train_tokens",
+    "train_time_s",
+    "train_speedup",
+    "train_token_ratio",
+    "length_reduction",
+    "accuracy_retention",
     "token_efficiency",
 )
 HEADERS = {
-    "accuracy": "acc", "median_reasoning_tokens": "median reasoning tok", "median_output_tokens": "median output tok",
-    "mean_output_tokens": "mean output tok", "train_tokens": "train tokens", "train_time_s": "train time (s)",
-    "train_speedup": "train speedup", "train_token_ratio": "train tokens / raw", "length_reduction": "length reduction",
-    "accuracy_retention": "acc retention", "token_efficiency": "per-token efficiency",
+    "accuracy": "acc",
+    "median_reasoning_tokens": "median reasoning tok",
+    "median_output_tokens": "median output tok",
+    "mean_output_tokens": "mean output tok",
+    "train_tokens": "train tokens",
+    "train_time_s": "train time (s)",
+    "train_speedup": "train speedup",
+    "train_token_ratio": "train tokens / raw",
+    "length_reduction": "length reduction",
+    "accuracy_retention": "acc retention",
+    "token_efficiency": "per-token efficiency",
 }
 
 
@@ -125,30 +140,38 @@ def build_rows(runs: list[dict], baseline: str = "raw") -> list[dict]:
         if key in seen:
             raise ValueError(f"two runs for {dict(zip(KEY, key))}: {seen[key]} and {r['dir']}")
         seen[key] = r["dir"]
-        rows.append({
-            **dict(zip(KEY, key)),
-            "accuracy": g.get("accuracy"),
-            "median_reasoning_tokens": g.get("median_reasoning_tokens"),
-            "median_output_tokens": g.get("median_output_tokens"),
-            "mean_output_tokens": g.get("mean_output_tokens"),
-            "train_tokens": t["train_tokens"],
-            "train_time_s": t["train_time_s"],
-            "multiple_choice": {k: v.get("acc") for k, v in (r["eval"].get("multiple_choice") or {}).items()},
-            "dir": r["dir"],
-        })
+        rows.append(
+            {
+                **dict(zip(KEY, key)),
+                "accuracy": g.get("accuracy"),
+                "median_reasoning_tokens": g.get("median_reasoning_tokens"),
+                "median_output_tokens": g.get("median_output_tokens"),
+                "mean_output_tokens": g.get("mean_output_tokens"),
+                "train_tokens": t["train_tokens"],
+                "train_time_s": t["train_time_s"],
+                "multiple_choice": {k: v.get("acc") for k, v in (r["eval"].get("multiple_choice") or {}).items()},
+                "dir": r["dir"],
+            }
+        )
     base = {tuple(row[k] for k in KEY[:3]): row for row in rows if row["variant"] == baseline}
     for row in rows:
         raw = base.get(tuple(row[k] for k in KEY[:3]))
         if raw is None:
-            row.update(train_speedup=None, train_token_ratio=None, length_reduction=None, accuracy_retention=None,
-                       token_efficiency=None)
+            row.update(
+                train_speedup=None,
+                train_token_ratio=None,
+                length_reduction=None,
+                accuracy_retention=None,
+                token_efficiency=None,
+            )
             continue
         row["train_speedup"] = _ratio(raw["train_time_s"], row["train_time_s"])
         row["train_token_ratio"] = _ratio(row["train_tokens"], raw["train_tokens"])
         row["length_reduction"] = _ratio(raw["median_output_tokens"], row["median_output_tokens"])
         row["accuracy_retention"] = _ratio(row["accuracy"], raw["accuracy"])
-        row["token_efficiency"] = _ratio(_ratio(row["accuracy"], row["mean_output_tokens"]),
-                                         _ratio(raw["accuracy"], raw["mean_output_tokens"]))
+        row["token_efficiency"] = _ratio(
+            _ratio(row["accuracy"], row["mean_output_tokens"]), _ratio(raw["accuracy"], raw["mean_output_tokens"])
+        )
     rows.sort(key=lambda r: (r["teacher"], r["student"], r["method"], r["variant"] != baseline, r["variant"]))
     return rows
 
@@ -192,8 +215,13 @@ def ood_rows(rows: list[dict]) -> tuple[list[dict], list[str]]:
     for r in rows:
         mc = r["multiple_choice"]
         vals = [mc[t] for t in tasks if mc.get(t) is not None]
-        out.append({**{k: r[k] for k in KEY}, **{f"ood:{t}": mc.get(t) for t in tasks},
-                    "ood:mean": sum(vals) / len(vals) if vals else None})
+        out.append(
+            {
+                **{k: r[k] for k in KEY},
+                **{f"ood:{t}": mc.get(t) for t in tasks},
+                "ood:mean": sum(vals) / len(vals) if vals else None,
+            }
+        )
     return out, list(KEY) + [f"ood:{t}" for t in tasks] + ["ood:mean"]
 
 
@@ -209,10 +237,20 @@ def plot_student(rows: list[dict], student: str, path: Path) -> Path:
     markers = {t: m for t, m in zip(sorted({r["teacher"] for r in pts}), "osD^v<>p*h")}
     for method, color in zip(sorted({r["method"] for r in pts}), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
         for r in (r for r in pts if r["method"] == method):
-            ax.scatter(r["median_output_tokens"], r["accuracy"], marker=markers[r["teacher"]], color=color,
-                       label=f"{r['teacher']} / {method}")
-            ax.annotate(r["variant"], (r["median_output_tokens"], r["accuracy"]), textcoords="offset points",
-                        xytext=(4, 4), fontsize=8)
+            ax.scatter(
+                r["median_output_tokens"],
+                r["accuracy"],
+                marker=markers[r["teacher"]],
+                color=color,
+                label=f"{r['teacher']} / {method}",
+            )
+            ax.annotate(
+                r["variant"],
+                (r["median_output_tokens"], r["accuracy"]),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=8,
+            )
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles))
     if unique:
@@ -244,8 +282,10 @@ def write_report(rows: list[dict], out_dir: str | os.PathLike, problems: Sequenc
         (out / f"{name}_table.md").write_text(markdown(table, cols))
         (out / f"{name}_table.csv").write_text(_csv(table, cols))
         paths[name] = {"md": str(out / f"{name}_table.md"), "csv": str(out / f"{name}_table.csv")}
-    paths["plots"] = {s: str(plot_student(rows, s, out / f"accuracy_vs_length_{_safe(s)}.png"))
-                      for s in sorted({r["student"] for r in rows})}
+    paths["plots"] = {
+        s: str(plot_student(rows, s, out / f"accuracy_vs_length_{_safe(s)}.png"))
+        for s in sorted({r["student"] for r in rows})
+    }
     (out / "report.json").write_text(json.dumps({"rows": rows, "skipped": list(problems), "files": paths}, indent=2))
     paths["json"] = str(out / "report.json")
     return paths
@@ -270,7 +310,9 @@ def run(config) -> dict:
         raise ValueError("report: config.runs (run directory globs) and config.output_dir are required")
     runs, problems = collect_runs(config.runs)
     if not runs:
-        raise ValueError(f"report: no complete runs under {config.runs!r}" + (f" ({'; '.join(problems)})" if problems else ""))
+        raise ValueError(
+            f"report: no complete runs under {config.runs!r}" + (f" ({'; '.join(problems)})" if problems else "")
+        )
     rows = build_rows(runs, config.baseline)
     paths = write_report(rows, config.output_dir, problems)
     print_main_table(rows)

@@ -53,7 +53,9 @@ class SampleParams:
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
-            raise ValueError(f"bad sampling params temperature={self.temperature} top_p={self.top_p} top_k={self.top_k}")
+            raise ValueError(
+                f"bad sampling params temperature={self.temperature} top_p={self.top_p} top_k={self.top_k}"
+            )
 
 
 @dataclasses.dataclass
@@ -184,8 +186,25 @@ def _record(state: dict, logits: Array, knobs: dict, mode: str, record_logits: b
     return new
 
 
-@functools.partial(jax.jit, static_argnames=("module", "cfg", "cache_len", "cache_dtype", "max_new", "mode", "record_logits", "rules"))
-def _prefill(params, tokens, positions, segments, knobs, *, module, cfg, cache_len, cache_dtype, max_new, mode, record_logits, rules):
+@functools.partial(
+    jax.jit, static_argnames=("module", "cfg", "cache_len", "cache_dtype", "max_new", "mode", "record_logits", "rules")
+)
+def _prefill(
+    params,
+    tokens,
+    positions,
+    segments,
+    knobs,
+    *,
+    module,
+    cfg,
+    cache_len,
+    cache_dtype,
+    max_new,
+    mode,
+    record_logits,
+    rules,
+):
     """Prompt [B, P] -> decoding state with the first new token chosen."""
     cfg, rules = cfg.value, rules.value
     B = tokens.shape[0]
@@ -318,7 +337,11 @@ class Sampler:
             tokens[i, P - len(p) :] = p
             positions[i, P - len(p) :] = np.arange(len(p))
             segments[i, P - len(p) :] = 1
-        ids = np.arange(B, dtype=np.int32) if sample_ids is None else np.asarray(list(sample_ids) + [0] * (B - n), np.int32)
+        ids = (
+            np.arange(B, dtype=np.int32)
+            if sample_ids is None
+            else np.asarray(list(sample_ids) + [0] * (B - n), np.int32)
+        )
         stop_ids, text_stops = self._stop_ids(params)
         knobs = {
             "seed": jnp.asarray(params.seed & 0xFFFFFFFF, jnp.uint32),
@@ -332,10 +355,24 @@ class Sampler:
         put = lambda x: jax.device_put(x, _batch_sharding(self.rules, x.shape))  # noqa: E731
         tokens, positions, segments = put(tokens), put(positions), put(segments)
         knobs["sample_ids"] = put(ids)
-        static = dict(module=self.model.module, cfg=_Static(self.model.config), mode=sampling_mode(params),
-                      record_logits=record_logits, rules=_Static(self.rules))
-        state = _prefill(self.model.params, tokens, positions, segments, knobs, cache_len=P + M,
-                         cache_dtype=self.cache_dtype, max_new=M, **static)
+        static = dict(
+            module=self.model.module,
+            cfg=_Static(self.model.config),
+            mode=sampling_mode(params),
+            record_logits=record_logits,
+            rules=_Static(self.rules),
+        )
+        state = _prefill(
+            self.model.params,
+            tokens,
+            positions,
+            segments,
+            knobs,
+            cache_len=P + M,
+            cache_dtype=self.cache_dtype,
+            max_new=M,
+            **static,
+        )
 
         cut = [None] * B  # (length, text) for rows stopped by a stop string
         checked = [False] * B

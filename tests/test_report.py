@@ -24,14 +24,28 @@ def make_grid(root):
     for i, (key, (tokens, secs, acc, med_r, med_o, mean_o)) in enumerate(GRID.items()):
         run = root / f"run{i}"
         (run / "eval").mkdir(parents=True)
-        (run / "train_summary.json").write_text(json.dumps(
-            {**dict(zip(report.KEY, key)), "train_tokens": tokens, "train_time_s": secs, "status": "complete"}))
-        overall = {"n": 50, "accuracy": acc, "median_reasoning_tokens": med_r, "median_output_tokens": med_o,
-                   "mean_output_tokens": mean_o, "truncation_rate": 0.0}
-        (run / "eval" / "eval_results.json").write_text(json.dumps({
-            "checkpoint": str(run / "export"), "generation": {"overall": overall, "by_dataset": {}},
-            "multiple_choice": {"hellaswag": {"acc": 0.25 + i / 100, "acc_norm": 0.3}, "boolq": {"acc": 0.6}},
-        }))
+        (run / "train_summary.json").write_text(
+            json.dumps(
+                {**dict(zip(report.KEY, key)), "train_tokens": tokens, "train_time_s": secs, "status": "complete"}
+            )
+        )
+        overall = {
+            "n": 50,
+            "accuracy": acc,
+            "median_reasoning_tokens": med_r,
+            "median_output_tokens": med_o,
+            "mean_output_tokens": mean_o,
+            "truncation_rate": 0.0,
+        }
+        (run / "eval" / "eval_results.json").write_text(
+            json.dumps(
+                {
+                    "checkpoint": str(run / "export"),
+                    "generation": {"overall": overall, "by_dataset": {}},
+                    "multiple_choice": {"hellaswag": {"acc": 0.25 + i / 100, "acc_norm": 0.3}, "boolq": {"acc": 0.6}},
+                }
+            )
+        )
     (root / "broken").mkdir()
     (root / "broken" / "train_summary.json").write_text(json.dumps({"teacher": "qwen"}))  # no eval, no fields
 
@@ -53,7 +67,9 @@ def test_report_tables_and_plots(tmp_path, capsys):
         assert num(r["train_tokens"]) == tokens and num(r["train_time_s"]) == secs
         raw = GRID.get(key[:3] + ("raw",))
         if raw is None:
-            assert all(r[c] == "" for c in ("train_speedup", "length_reduction", "accuracy_retention", "token_efficiency"))
+            assert all(
+                r[c] == "" for c in ("train_speedup", "length_reduction", "accuracy_retention", "token_efficiency")
+            )
             continue
         assert num(r["train_speedup"]) == pytest.approx(raw[1] / secs)
         assert num(r["train_token_ratio"]) == pytest.approx(tokens / raw[0])
@@ -61,7 +77,11 @@ def test_report_tables_and_plots(tmp_path, capsys):
         assert num(r["accuracy_retention"]) == pytest.approx(acc / raw[2])
         assert num(r["token_efficiency"]) == pytest.approx((acc / mean_o) / (raw[2] / raw[5]))
     # raw first within its cell, then the other variants
-    assert [r["variant"] for r in rows if r["method"] == "lora" and r["student"] == "tiny-a"] == ["raw", "answer_only", "llama"]
+    assert [r["variant"] for r in rows if r["method"] == "lora" and r["student"] == "tiny-a"] == [
+        "raw",
+        "answer_only",
+        "llama",
+    ]
     md = open(paths["main"]["md"]).read()
     assert md.strip() in printed  # the main table also goes to stdout
     assert "| qwen | tiny-a | lora | llama | 0.720 | 90 |" in md and "| 4.00x |" in md  # 400 s / 100 s
@@ -84,9 +104,20 @@ def test_duplicate_runs_are_named(tmp_path):
 
 def test_cli_writes_tables(tmp_path):
     make_grid(tmp_path / "runs")
-    res = subprocess.run([sys.executable, "-m", "jax_distill.report", "--config", "configs/eval/report.py",
-                          f"--config.runs={tmp_path}/runs/run*", f"--config.output_dir={tmp_path}/out"],
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jax_distill.report",
+            "--config",
+            "configs/eval/report.py",
+            f"--config.runs={tmp_path}/runs/run*",
+            f"--config.output_dir={tmp_path}/out",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     assert "| teacher | student | method | variant | acc |" in res.stdout
     assert (tmp_path / "out" / "accuracy_vs_length_tiny-a.png").exists()

@@ -1,11 +1,11 @@
 """JAX sampler: greedy parity with transformers.generate, cache vs recompute, stops, sampling knobs, engine."""
 
+import hf_tiny
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import hf_tiny
 from jax_distill.engines.base import Completion, SamplingParams
 from jax_distill.engines.jax_engine import JaxEngine
 from jax_distill.models import from_pretrained
@@ -42,15 +42,22 @@ def hf_greedy(folder, prompts, new_tokens, eos=False):
     import torch
     import transformers
 
-    ref = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager", dtype=torch.float32).eval()
+    ref = transformers.AutoModelForCausalLM.from_pretrained(
+        folder, attn_implementation="eager", dtype=torch.float32
+    ).eval()
     if not eos:
         ref.generation_config.eos_token_id = None
     out = []
     for p in prompts:
         ids = torch.tensor([p])
-        gen = ref.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False,
-                           pad_token_id=ref.config.pad_token_id or 0)
-        out.append(gen[0, len(p):].tolist())
+        gen = ref.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=ref.config.pad_token_id or 0,
+        )
+        out.append(gen[0, len(p) :].tolist())
     return out
 
 
@@ -93,8 +100,9 @@ def test_cached_decoding_equals_full_recompute(llama, tokenizer):
     folder, model = llama
     prompts = [tokenizer.encode(p) for p in PROMPTS]
     steps = 12
-    out = Sampler(model, tokenizer).generate(prompts, SampleParams(max_new_tokens=steps, stop_token_ids=()),
-                                             record_logits=True)
+    out = Sampler(model, tokenizer).generate(
+        prompts, SampleParams(max_new_tokens=steps, stop_token_ids=()), record_logits=True
+    )
     forward = jax.jit(model.forward)
     for row, (p, gen) in enumerate(zip(prompts, out.token_ids)):
         # step i sees prompt + gen[:i]: one right-padded row per step, recomputed from scratch
@@ -141,8 +149,9 @@ def test_temperature_sampling_seeded(llama, tokenizer):
     params = SampleParams(max_new_tokens=16, temperature=1.0, seed=0, stop_token_ids=())
     a = sampler.generate(prompts, params, sample_ids=[11, 22])
     b = sampler.generate(prompts, params, sample_ids=[11, 22])
-    c = sampler.generate(prompts, SampleParams(max_new_tokens=16, temperature=1.0, seed=1, stop_token_ids=()),
-                         sample_ids=[11, 22])
+    c = sampler.generate(
+        prompts, SampleParams(max_new_tokens=16, temperature=1.0, seed=1, stop_token_ids=()), sample_ids=[11, 22]
+    )
     assert a.token_ids == b.token_ids
     assert a.token_ids != c.token_ids
     # a sample is keyed by its id, not by its row: swapping the batch order swaps the outputs
@@ -174,7 +183,10 @@ def test_engine_chat_requests(llama, tokenizer):
     from jax_distill.engines import default_config, make_engine
 
     folder, _ = llama
-    requests = [[{"role": "user", "content": "What is 8 + 6?"}], [{"role": "user", "content": "Which option is correct?"}]]
+    requests = [
+        [{"role": "user", "content": "What is 8 + 6?"}],
+        [{"role": "user", "content": "Which option is correct?"}],
+    ]
     params = SamplingParams(n=2, temperature=0.9, top_p=0.95, max_tokens=12, seed=3)
     cfg = default_config()
     cfg.update(dict(kind="jax", model=str(folder), batch_size=4))

@@ -19,7 +19,7 @@ from ml_collections import ConfigDict
 
 from jax_distill.engines.base import Completion, Messages, SamplingParams, request_seed
 from jax_distill.engines.reasoning import split_reasoning
-from jax_distill.sampling import Sampler, SampleParams
+from jax_distill.sampling import SampleParams, Sampler
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,17 @@ def chat_config(**overrides) -> ConfigDict:
 class JaxEngine:
     name = "jax"
 
-    def __init__(self, model, tokenizer, rules=None, batch_size: int = 32, chat: ConfigDict | None = None,
-                 model_name: str = "", chunk_size: int = 64, reasoning: str = ""):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        rules=None,
+        batch_size: int = 32,
+        chat: ConfigDict | None = None,
+        model_name: str = "",
+        chunk_size: int = 64,
+        reasoning: str = "",
+    ):
         """chat: chat_config() fields (template, system, template_kwargs...); reasoning: how outputs mark
         reasoning (think | harmony | none; "" = from the template: harmony for gpt-oss, else think)."""
         from jax_distill.data.chat import ChatFormat
@@ -89,13 +98,19 @@ class JaxEngine:
                 )
             done_tokens += sum(res.lengths)
             elapsed = time.time() - start
-            log.info("jax engine: %d/%d samples, %.0f tok/s, ETA %.0fs", b + len(batch), len(jobs),
-                     done_tokens / max(elapsed, 1e-9), elapsed / (b + len(batch)) * (len(jobs) - b - len(batch)))
+            log.info(
+                "jax engine: %d/%d samples, %.0f tok/s, ETA %.0fs",
+                b + len(batch),
+                len(jobs),
+                done_tokens / max(elapsed, 1e-9),
+                elapsed / (b + len(batch)) * (len(jobs) - b - len(batch)),
+            )
         return out  # type: ignore[return-value]
 
 
-def load(path: str, dtype: str = "auto", compute_dtype: str = "", mesh: Any = None, tokenizer: str = "",
-         **kwargs) -> JaxEngine:
+def load(
+    path: str, dtype: str = "auto", compute_dtype: str = "", mesh: Any = None, tokenizer: str = "", **kwargs
+) -> JaxEngine:
     """A JaxEngine for an HF folder (local or gs://), weights placed on a (data, fsdp, tensor) mesh.
     dtype "auto": bfloat16 on accelerators, float32 on CPU."""
     import jax
