@@ -261,10 +261,7 @@ def attention_block(x: Array, p: dict, cfg: Config, cos_sin, mask: Array, layer_
     v = L.linear(x, p["v_proj"], p["v_bias"], keys("v_proj")).reshape(B, T, cfg.num_kv_heads, cfg.head_dim)
     q, k = L.apply_rope(q, *cos_sin), L.apply_rope(k, *cos_sin)
     if layer_cache is not None:
-        k_all = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype), (0, cache_index, 0, 0))
-        v_all = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype), (0, cache_index, 0, 0))
-        layer_cache = {"k": k_all, "v": v_all}
-        k, v = k_all.astype(x.dtype), v_all.astype(x.dtype)
+        k, v, layer_cache = L.cache_write(layer_cache, k, v, cache_index)
     out = L.dot_product_attention(q, k, v, mask, sinks=p["sinks"])  # [B, T, N, H]
     out = L.linear(out.reshape(B, T, -1), p["o_proj"], p["o_bias"], keys("o_proj"))
     return out, layer_cache
@@ -286,12 +283,7 @@ def hidden_states(
     x = params["embed"].astype(dtype)[tokens]  # [B, T, D]
     x = constrain(x, ("batch", "seq", "embed"))
     cos_sin = cfg.rope.cos_sin(positions)
-    if cache is None:
-        index, k_positions, k_segments = None, positions, segment_ids
-    else:
-        index = cache["index"]
-        k_positions = jax.lax.dynamic_update_slice(cache["positions"], positions.astype(jnp.int32), (0, index))
-        k_segments = jax.lax.dynamic_update_slice(cache["segments"], segment_ids.astype(jnp.int32), (0, index))
+    index, k_positions, k_segments = L.key_slots(cache, positions, segment_ids)
     full_mask = L.attention_mask(positions, segment_ids, k_positions, k_segments)  # [B, T, S]
     sliding_mask = L.attention_mask(positions, segment_ids, k_positions, k_segments, cfg.sliding_window)
     sliding = jnp.asarray(np.array([t == SLIDING for t in cfg.layer_types]))  # [L]
@@ -316,10 +308,7 @@ def hidden_states(
     return x, cache
 
 
-def unembed(params: dict, cfg: Config, hidden: Array) -> Array:
-    """Hidden [B, T, D] -> fp32 logits [B, T, V]."""
-    w = params["embed"].T if cfg.tie_word_embeddings else L.weight(params["lm_head"])
-    return jnp.einsum("btd,dv->btv", hidden, w.astype(hidden.dtype), preferred_element_type=jnp.float32)
+unembed = L.unembed
 
 
 def forward(params, cfg, tokens, positions, segment_ids, cache=None, **kwargs) -> tuple[Array, dict | None]:

@@ -290,6 +290,35 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Array, sinks: Arra
     return out.reshape(b, t, n, h)
 
 
+# ----------------------------------------------------------------------------- KV cache and logits
+
+
+def cache_write(layer_cache: dict, k: Array, v: Array, index: Array) -> tuple[Array, Array, dict]:
+    """Write this call's k/v [B, T, K, H] at slot `index`; returns all slots' k, v and the new layer cache."""
+    k_all = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype), (0, index, 0, 0))
+    v_all = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype), (0, index, 0, 0))
+    return k_all.astype(k.dtype), v_all.astype(v.dtype), {"k": k_all, "v": v_all}
+
+
+def key_slots(cache: dict | None, positions: Array, segment_ids: Array) -> tuple[Array | None, Array, Array]:
+    """(write index, positions, segments) of every key slot once this call's tokens are written.
+
+    Without a cache the keys are the tokens themselves; with one, the tokens land at cache["index"].
+    """
+    if cache is None:
+        return None, positions, segment_ids
+    index = cache["index"]
+    k_positions = jax.lax.dynamic_update_slice(cache["positions"], positions.astype(jnp.int32), (0, index))
+    k_segments = jax.lax.dynamic_update_slice(cache["segments"], segment_ids.astype(jnp.int32), (0, index))
+    return index, k_positions, k_segments
+
+
+def unembed(params: dict, cfg: Any, hidden: Array) -> Array:
+    """Hidden [B, T, D] -> fp32 logits [B, T, V] (tied embeddings or an lm_head)."""
+    w = params["embed"].T if cfg.tie_word_embeddings else weight(params["lm_head"])
+    return jnp.einsum("btd,dv->btv", hidden, w.astype(hidden.dtype), preferred_element_type=jnp.float32)
+
+
 # ----------------------------------------------------------------------------- per-layer helpers
 
 

@@ -198,10 +198,7 @@ def attention_block(
         k = L.rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
     q, k = L.apply_rope(q, *cos_sin), L.apply_rope(k, *cos_sin)
     if layer_cache is not None:
-        k_all = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype), (0, cache_index, 0, 0))
-        v_all = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype), (0, cache_index, 0, 0))
-        layer_cache = {"k": k_all, "v": v_all}
-        k, v = k_all.astype(x.dtype), v_all.astype(x.dtype)
+        k, v, layer_cache = L.cache_write(layer_cache, k, v, cache_index)
     out = L.dot_product_attention(q, k, v, mask)  # [B, T, N, H]
     out = L.linear(out.reshape(B, T, -1), p["o_proj"], bias("o_bias"), keys("o_proj"))
     return out, layer_cache
@@ -231,14 +228,8 @@ def hidden_states(
     x = params["embed"].astype(dtype)[tokens]  # [B, T, D]
     x = constrain(x, ("batch", "seq", "embed"))
     cos_sin = cfg.rope.cos_sin(positions)
-    if cache is None:
-        mask = L.attention_mask(positions, segment_ids, positions, segment_ids)
-        index, positions_all, segments_all = None, None, None
-    else:
-        index = cache["index"]
-        positions_all = jax.lax.dynamic_update_slice(cache["positions"], positions.astype(jnp.int32), (0, index))
-        segments_all = jax.lax.dynamic_update_slice(cache["segments"], segment_ids.astype(jnp.int32), (0, index))
-        mask = L.attention_mask(positions, segment_ids, positions_all, segments_all)
+    index, k_positions, k_segments = L.key_slots(cache, positions, segment_ids)
+    mask = L.attention_mask(positions, segment_ids, k_positions, k_segments)
 
     def block(x, scanned):
         p, layer_cache, layer_id = scanned
@@ -257,14 +248,11 @@ def hidden_states(
     x = L.rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
     if cache is not None:
         T = tokens.shape[1]
-        cache = {**layer_caches, "positions": positions_all, "segments": segments_all, "index": index + T}
+        cache = {**layer_caches, "positions": k_positions, "segments": k_segments, "index": index + T}
     return x, cache
 
 
-def unembed(params: dict, cfg: Config, hidden: Array) -> Array:
-    """Hidden [B, T, D] -> fp32 logits [B, T, V]."""
-    w = params["embed"].T if cfg.tie_word_embeddings else L.weight(params["lm_head"])
-    return jnp.einsum("btd,dv->btv", hidden, w.astype(hidden.dtype), preferred_element_type=jnp.float32)
+unembed = L.unembed
 
 
 def forward(params, cfg, tokens, positions, segment_ids, cache=None, **kwargs) -> tuple[Array, dict | None]:

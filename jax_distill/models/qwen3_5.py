@@ -283,11 +283,7 @@ def gated_attention(
     k = L.rms_norm(k, p["k_norm"], cfg.rms_norm_eps, zero_centered=True)
     q, k = L.apply_rope(q, *ctx["cos_sin"]), L.apply_rope(k, *ctx["cos_sin"])
     if layer_cache is not None:
-        index = ctx["index"]
-        k_all = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype), (0, index, 0, 0))
-        v_all = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype), (0, index, 0, 0))
-        layer_cache = {"k": k_all, "v": v_all}
-        k, v = k_all.astype(x.dtype), v_all.astype(x.dtype)
+        k, v, layer_cache = L.cache_write(layer_cache, k, v, ctx["index"])
     out = L.dot_product_attention(q, k, v, ctx["mask"]).reshape(B, T, N * H)
     out = out * jax.nn.sigmoid(gate.astype(jnp.float32)).astype(out.dtype)
     return L.linear(out, p["o_proj"], dropout_key=keys("o_proj")), layer_cache
@@ -356,15 +352,10 @@ def hidden_states(
     x = constrain(x, ("batch", "seq", "embed"))
     segment_ids = segment_ids.astype(jnp.int32)
     ctx = {"segments": segment_ids, "cos_sin": cfg.rope.cos_sin(positions)}
-    if cache is None:
-        ctx["mask"] = L.attention_mask(positions, segment_ids, positions, segment_ids)
-        history_segments = jnp.zeros((B, W - 1), jnp.int32)
-    else:
-        ctx["index"] = index = cache["index"]
-        positions_all = jax.lax.dynamic_update_slice(cache["positions"], positions.astype(jnp.int32), (0, index))
-        segments_all = jax.lax.dynamic_update_slice(cache["segments"], segment_ids, (0, index))
-        ctx["mask"] = L.attention_mask(positions, segment_ids, positions_all, segments_all)
-        history_segments = cache["conv_segments"]
+    index, positions_all, segments_all = L.key_slots(cache, positions, segment_ids)
+    ctx["index"] = index
+    ctx["mask"] = L.attention_mask(positions, segment_ids, positions_all, segments_all)
+    history_segments = jnp.zeros((B, W - 1), jnp.int32) if cache is None else cache["conv_segments"]
     ctx["runs"] = gdn.segment_runs(history_segments, segment_ids)  # [B, W-1+T]
 
     runs, repeats = schedule(cfg)
@@ -420,10 +411,7 @@ def hidden_states(
     return x, cache
 
 
-def unembed(params: dict, cfg: Config, hidden: Array) -> Array:
-    """Hidden [B, T, D] -> fp32 logits [B, T, V]."""
-    w = params["embed"].T if cfg.tie_word_embeddings else L.weight(params["lm_head"])
-    return jnp.einsum("btd,dv->btv", hidden, w.astype(hidden.dtype), preferred_element_type=jnp.float32)
+unembed = L.unembed
 
 
 def forward(params, cfg, tokens, positions, segment_ids, cache=None, **kwargs) -> tuple[Array, dict | None]:
