@@ -15,17 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from jax_distill.models.tiny import CHATML_TEMPLATE, train_tokenizer
+
 CACHE = Path(os.environ.get("JAX_DISTILL_TEST_CACHE", Path.home() / ".cache" / "jax_distill_tests"))
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>", "<pad>"]
-
-# ChatML with a reasoning block, as Qwen3 writes it: assistant content holds "<think>...</think>answer".
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+# The package's own tiny-student tokenizer recipe (ChatML template, <think> tokens), trained on CORPUS.
+CHAT_TEMPLATE = CHATML_TEMPLATE
 
 CORPUS = [
     "Question: What is 17 + 25? Let me think step by step. 17 + 25 = 42. The answer is 42.",
@@ -41,33 +36,21 @@ CORPUS = [
 @functools.lru_cache(maxsize=None)
 def tokenizer_dir(vocab_size: int = 512) -> Path:
     """A byte-level BPE tokenizer trained locally (about a second), saved as an HF tokenizer folder."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     target = CACHE / f"tokenizer_v{vocab_size}"
-    if (target / "tokenizer.json").exists():
-        return target
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(CORPUS * 20, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token="<|im_end|>",
-        pad_token="<pad>",
-        bos_token=None,
-        chat_template=CHAT_TEMPLATE,
-    )
-    partial = target.with_name(target.name + f".partial{os.getpid()}")
-    fast.save_pretrained(partial)
-    os.replace(partial, target) if not target.exists() else None
+    if not (target / "tokenizer.json").exists():
+        partial = train_tokenizer(CORPUS * 20, target.with_name(target.name + f".partial{os.getpid()}"), vocab_size)
+        _publish(partial, target)
     return target
+
+
+def _publish(partial: Path, target: Path) -> None:
+    """Move a finished folder into place; another process may have won the race, then keep theirs."""
+    try:
+        os.replace(partial, target)
+    except OSError:
+        import shutil
+
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def load_tokenizer(vocab_size: int = 512):
@@ -301,7 +284,7 @@ def smollm2_dir() -> Path:
     partial = target.with_name(target.name + f".partial{os.getpid()}")
     model.save_pretrained(partial)
     tok.save_pretrained(partial)
-    os.replace(partial, target) if not target.exists() else None
+    _publish(partial, target)
     gguf.unlink()
     return target
 
