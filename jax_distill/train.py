@@ -29,18 +29,20 @@ log = logging.getLogger(__name__)
 
 
 def _fault(step: int) -> None:
-    """Test hook: JAX_DISTILL_FAULT=kill@N sends SIGKILL to this process after step N (a crash with no
-    cleanup, possibly mid-checkpoint); pause@N waits after step N until <run_dir>/paused is removed."""
-    spec = os.environ.get("JAX_DISTILL_FAULT", "")
-    if not spec or int(spec.split("@")[1]) != step:
-        return
-    if spec.startswith("kill@"):
-        os.kill(os.getpid(), signal.SIGKILL)
-    if spec.startswith("pause@"):
-        flag = os.path.join(os.environ["JAX_DISTILL_FAULT_DIR"], "paused")
-        open(flag, "w").close()
-        while os.path.exists(flag):
-            time.sleep(0.05)
+    """Test hook: JAX_DISTILL_FAULT="kill@N" sends SIGKILL to this process after step N (a crash with no
+    cleanup, possibly mid-checkpoint); "pause@N" waits after step N until <JAX_DISTILL_FAULT_DIR>/paused
+    is removed; several comma-separated faults apply in turn."""
+    for spec in filter(None, os.environ.get("JAX_DISTILL_FAULT", "").split(",")):
+        kind, _, at = spec.partition("@")
+        if int(at) != step:
+            continue
+        if kind == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if kind == "pause":
+            flag = os.path.join(os.environ["JAX_DISTILL_FAULT_DIR"], "paused")
+            open(flag, "w").close()
+            while os.path.exists(flag):
+                time.sleep(0.05)
 
 
 def total_steps(config: ConfigDict, tokenizer, local_batch: int) -> int:

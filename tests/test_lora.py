@@ -66,7 +66,7 @@ def test_lora_training_keeps_base_and_exports_match(base_dir, rules, tmp_path):
     trainable, frozen = stu.split(stu.model.params)
     assert all(isinstance(x, LoRA) for x in jax.tree.leaves(trainable, is_leaf=lambda x: isinstance(x, LoRA)))
     batch, hf_mask = _batch(cfg.vocab_size)
-    fwd = lambda p: module.forward(p, cfg, batch["tokens"], batch["positions"], batch["segment_ids"])[0]  # noqa: E731
+    fwd = jax.jit(lambda p: module.forward(p, cfg, batch["tokens"], batch["positions"], batch["segment_ids"])[0])
     # B = 0: the adapted model is exactly the base model
     np.testing.assert_array_equal(np.asarray(fwd(stu.model.params)), np.asarray(fwd(base.params)))
 
