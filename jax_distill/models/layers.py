@@ -246,13 +246,17 @@ def attention_mask(
 
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
 _ATTENTION_IMPL: contextvars.ContextVar[str] = contextvars.ContextVar("attention_impl", default="xla")
+# Above this many query x key pairs the portable path runs query block by query block, so scores never
+# take [B, N, T, S] memory at once (a 16k-token row would need 16 GiB per layer in fp32).
+CHUNK_ABOVE = 4096 * 4096
+QUERY_BLOCK = 1024
 
 
 @contextlib.contextmanager
 def attention_implementation(name: str) -> Iterator[None]:
-    """Select the attention kernel while tracing: "xla" (portable einsum reference, any device) or
-    "cudnn" (fused flash attention on NVIDIA GPUs; used where it applies: bf16/fp16, no sinks,
-    head_dim <= 128; elsewhere the reference runs)."""
+    """Select the attention kernel while tracing: "xla" (portable einsum, any device; blocked over
+    queries for long rows) or "cudnn" (fused flash attention on NVIDIA GPUs; used where it applies:
+    bf16/fp16, no sinks, head_dim <= 128; elsewhere the portable path runs)."""
     if name not in ATTENTION_IMPLEMENTATIONS:
         raise ValueError(f"unknown attention implementation {name!r}; choose from {ATTENTION_IMPLEMENTATIONS}")
     token = _ATTENTION_IMPL.set(name)
@@ -262,10 +266,13 @@ def attention_implementation(name: str) -> Iterator[None]:
         _ATTENTION_IMPL.reset(token)
 
 
-def dot_product_attention(q: Array, k: Array, v: Array, mask: Array, sinks: Array | None = None) -> Array:
+def dot_product_attention(
+    q: Array, k: Array, v: Array, mask: Array, sinks: Array | None = None, query_block: int | None = None
+) -> Array:
     """Grouped-query attention. q [B,T,N,H], k/v [B,S,K,H], mask [B,T,S] -> [B,T,N,H].
 
     Softmax in fp32. `sinks` [N] adds one learned logit per head to the normaliser (gpt-oss).
+    `query_block` forces the blocked path (default: blocks of QUERY_BLOCK when T*S > CHUNK_ABOVE).
     """
     fused = (
         _ATTENTION_IMPL.get() == "cudnn"
@@ -275,6 +282,15 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Array, sinks: Arra
     )
     if fused:
         return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation="cudnn")
+    t, s = q.shape[1], k.shape[1]
+    if query_block is None and t * s > CHUNK_ABOVE:
+        query_block = QUERY_BLOCK
+    if query_block is None or query_block >= t:
+        return _attention(q, k, v, mask, sinks)
+    return _blocked_attention(q, k, v, mask, sinks, query_block)
+
+
+def _attention(q: Array, k: Array, v: Array, mask: Array, sinks: Array | None) -> Array:
     b, t, n, h = q.shape
     kh = k.shape[2]
     q = q.reshape(b, t, kh, n // kh, h)  # [B, T, K, G, H]
@@ -288,6 +304,19 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Array, sinks: Arra
     probs = jnp.where(mask[:, None, None, :, :], probs, 0.0)
     out = jnp.einsum("bkgts,bskh->btkgh", probs.astype(v.dtype), v)
     return out.reshape(b, t, n, h)
+
+
+def _blocked_attention(q: Array, k: Array, v: Array, mask: Array, sinks: Array | None, block: int) -> Array:
+    """The same attention one query block at a time (rematerialised in the backward pass): exact, with
+    score memory [B, N, block, S] instead of [B, N, T, S]."""
+    b, t, n, h = q.shape
+    blocks = -(-t // block)
+    pad = blocks * block - t
+    q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(b, blocks, block, n, h).swapaxes(0, 1)
+    mask = jnp.pad(mask, ((0, 0), (0, pad), (0, 0))).reshape(b, blocks, block, -1).swapaxes(0, 1)
+    one_block = jax.checkpoint(lambda qm: _attention(qm[0], k, v, qm[1], sinks))
+    out = jax.lax.map(one_block, (q, mask))  # [blocks, B, block, N, H]
+    return out.swapaxes(0, 1).reshape(b, blocks * block, n, h)[:, :t]
 
 
 # ----------------------------------------------------------------------------- KV cache and logits
