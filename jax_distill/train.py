@@ -23,7 +23,10 @@ from ml_collections import ConfigDict
 from jax_distill import data as data_lib
 from jax_distill.parallel import distributed
 from jax_distill.parallel.sharding import ShardingRules, make_mesh
-from jax_distill.training import checkpoint, config as config_lib, export, lora, metrics, optim, state as state_lib, student as student_lib
+from jax_distill.training import checkpoint, export, lora, metrics, optim
+from jax_distill.training import config as config_lib
+from jax_distill.training import state as state_lib
+from jax_distill.training import student as student_lib
 
 log = logging.getLogger(__name__)
 

@@ -50,7 +50,7 @@ class FakeGCS:
             "FSSPEC_GCS_TOKEN": "anon",
         }
 
-    def start(self) -> "FakeGCS":
+    def start(self) -> FakeGCS:
         cmd = [
             str(binary()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port),
             "-backend", "filesystem", "-filesystem-root", str(self.root / "data"),

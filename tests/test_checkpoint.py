@@ -8,12 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from gcs_emulator import FakeGCS
+
+from jax_distill.models.layers import Adapted, LoRA
 from jax_distill.parallel.sharding import make_mesh
 from jax_distill.training import checkpoint
 from jax_distill.training.lora import partition
-from jax_distill.models.layers import Adapted, LoRA
 
 
 def _state(seed):

@@ -4,13 +4,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hf_tiny import padded_batch, save_tiny_model, torch_logits
 from ml_collections import ConfigDict
 
-from hf_tiny import padded_batch, save_tiny_model, torch_logits
 from jax_distill.models import family_module, from_pretrained
 from jax_distill.models.layers import Adapted, LoRA
 from jax_distill.parallel.sharding import ShardingRules, make_mesh
-from jax_distill.training import export, lora, optim, state as state_lib, student as student_lib
+from jax_distill.training import export, lora, optim
+from jax_distill.training import state as state_lib
+from jax_distill.training import student as student_lib
 
 
 def _lora_cfg(rank=4, alpha=8.0, dropout=0.05, targets=lora.DEFAULT_TARGETS):

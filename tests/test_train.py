@@ -14,14 +14,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
-
 from gcs_emulator import FakeGCS
 from hf_tiny import tokenizer_dir, write_train_traces
+from safetensors.numpy import load_file
+
 from jax_distill import data as data_lib
 from jax_distill.cli import load_config
 from jax_distill.parallel.sharding import ShardingRules, make_mesh
-from jax_distill.training import optim, state as state_lib, student as student_lib
+from jax_distill.training import optim
+from jax_distill.training import state as state_lib
+from jax_distill.training import student as student_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "train" / "tiny.py")

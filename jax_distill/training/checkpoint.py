@@ -113,7 +113,7 @@ class Checkpointer:
         for attempt in range(self.retries + 1):
             try:
                 return fn()
-            except Exception as e:  # noqa: BLE001 - storage errors come in many types
+            except Exception as e:
                 if attempt == self.retries:
                     raise RuntimeError(
                         f"checkpoint {what} at {self.directory} failed after {self.retries + 1} attempts: {e}. "

@@ -14,8 +14,9 @@ import dataclasses
 import json
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -95,7 +96,7 @@ def apply(params: Any, specs: Any, cfg: LoRAConfig, key: jax.Array, shardings: A
     pairs = {name: lora_specs(flat_specs[name], cfg.rank) for name in targets}
     out_shardings = None
     if shardings is not None:
-        is_ns = lambda x: isinstance(x, jax.sharding.Sharding)  # noqa: E731
+        is_ns = lambda x: isinstance(x, jax.sharding.Sharding)
         flat_shard = {path_str(p): s for p, s in jax.tree_util.tree_flatten_with_path(shardings, is_leaf=is_ns)[0]}
         out_shardings = {n: (flat_shard[n + "/lora/a"], flat_shard[n + "/lora/b"]) for n in targets}
 
@@ -133,7 +134,7 @@ def partition(params: Any, trainable: Callable[[Any], bool]) -> tuple[Any, Any]:
 
 def combine(trainable: Any, frozen: Any) -> Any:
     """Inverse of `partition`."""
-    is_leaf = lambda x: x is None or _is_lora(x)  # noqa: E731
+    is_leaf = lambda x: x is None or _is_lora(x)
     a, treedef = jax.tree.flatten(trainable, is_leaf=is_leaf)
     b = jax.tree.leaves(frozen, is_leaf=is_leaf)
     return treedef.unflatten([x if x is not None else y for x, y in zip(a, b)])

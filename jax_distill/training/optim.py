@@ -130,7 +130,7 @@ def scale_by_adam_8bit(b1=0.9, b2=0.999, eps=1e-8, min_size: int = 4096) -> opta
     def update(updates, state, params=None):
         del params
         count = optax.safe_increment(state.count)
-        is_q = lambda x: isinstance(x, Quantized)  # noqa: E731
+        is_q = lambda x: isinstance(x, Quantized)
 
         def one(g, m, v):
             m32 = dequantize(m, True) if is_q(m) else m

@@ -10,7 +10,8 @@ any accumulation factor gives the same update as one big batch (up to float summ
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
