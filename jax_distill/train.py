@@ -104,7 +104,8 @@ def run(config: ConfigDict) -> dict:
 
     step_fn = state_lib.jit_train_step(
         state_lib.make_train_step(module, model_cfg, tx, schedule, accum_steps=t.grad_accum, remat=c.model.remat,
-                                  dropout=stu.lora is not None and stu.lora.dropout > 0, rules=rules),
+                                  dropout=stu.lora is not None and stu.lora.dropout > 0, rules=rules,
+                                  loss_chunk=t.loss_chunk),
         state_sh, frozen_sh, rules.sharding(("batch", "seq"), (t.batch_size, t.seq_len)), mesh,
     )
     batch_sh = rules.sharding(("batch", "seq"), (t.batch_size, t.seq_len))

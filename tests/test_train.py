@@ -150,7 +150,7 @@ def _losses(cfg, batches, mesh, method, remat="none"):
     batch_sh = rules.sharding(("batch", "seq"), batches[0]["tokens"].shape)
     step = state_lib.jit_train_step(
         state_lib.make_train_step(stu.model.module, stu.model.config, tx, sched, accum_steps=cfg.train.grad_accum,
-                                  remat=remat, dropout=method == "lora", rules=rules),
+                                  remat=remat, dropout=method == "lora", rules=rules, loss_chunk=cfg.train.loss_chunk),
         state_sh, frozen_sh, batch_sh, mesh)
     losses = []
     for b in batches:
@@ -180,6 +180,23 @@ def test_meshes_match_single_device(traces, method):
         bf16 = _losses(cfg, batches, make_mesh(1, 1, 1, devices=jax.devices()[:1]), method)
         assert not np.array_equal(bf16, one)  # really computed in bf16
         np.testing.assert_allclose(bf16, one, rtol=2e-2)
+
+
+def test_chunked_loss_matches_whole_row(traces):
+    cfg, batches = _batches(traces, 1)
+    rules = ShardingRules(make_mesh(1, 1, 1, devices=jax.devices()[:1]))
+    stu = student_lib.load(cfg.model, "full", cfg.lora, rules, seed=0)
+    batch = {k: jnp.asarray(v) for k, v in batches[0].items()}
+
+    def f(params, chunk):
+        total, n = state_lib.token_losses(stu.model.module, stu.model.config, params, batch, chunk=chunk)
+        return total / n
+
+    whole, g_whole = jax.jit(jax.value_and_grad(lambda p: f(p, 0)))(stu.model.params)
+    chunked, g_chunked = jax.jit(jax.value_and_grad(lambda p: f(p, 16)))(stu.model.params)
+    np.testing.assert_allclose(float(chunked), float(whole), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g_chunked), jax.tree.leaves(g_whole)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
 
 
 def test_grad_accumulation_matches_one_batch(traces):

@@ -19,6 +19,7 @@ def get_config():
     c.optim.name = "adamw"
     c.optim.lr = 3e-3
     c.train.seq_len = 64
+    c.train.loss_chunk = 32  # two chunks: the chunked loss path runs in every test
     c.train.batch_size = 8
     c.train.steps = 30
     c.train.log_every = 5

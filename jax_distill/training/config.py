@@ -75,6 +75,7 @@ def base_config() -> ConfigDict:
     c.train.seq_len = 16384
     c.train.batch_size = 64  # global sequences per optimizer step (split over hosts and devices)
     c.train.grad_accum = 1  # microbatches per step (scan); batch_size must divide by it
+    c.train.loss_chunk = 2048  # sequence chunk for vocab projection + cross-entropy (memory); 0 = whole row
     c.train.steps = 0  # 0 = one pass over the data times data.num_epochs (counted at start)
     c.train.seed = 0  # data order, LoRA init, dropout
     c.train.log_every = 10  # progress line every N steps (metrics.jsonl gets every step)
@@ -112,6 +113,8 @@ def validate(c: ConfigDict) -> None:
     need(c.train.batch_size >= 1, "train.batch_size", "must be >= 1")
     need(c.train.grad_accum >= 1 and c.train.batch_size % c.train.grad_accum == 0, "train.grad_accum",
          f"must divide train.batch_size ({c.train.batch_size})")
+    need(c.train.loss_chunk == 0 or c.train.seq_len % c.train.loss_chunk == 0, "train.loss_chunk",
+         f"must divide train.seq_len ({c.train.seq_len}) or be 0")
     need(c.model.remat in ("none", "full", "dots"), "model.remat", "must be none, full or dots")
     need(c.optim.name in ("adamw", "adamw_8bit"), "optim.name", f"must be adamw or adamw_8bit, got {c.optim.name!r}")
     need(0.0 <= c.optim.warmup_frac < 1.0, "optim.warmup_frac", "must be in [0, 1)")

@@ -34,16 +34,42 @@ class TrainState:
     time_s: jax.Array  # float32 [], training wall time so far (summed over resumes)
 
 
-def token_losses(module, model_cfg, params, batch: dict, *, lora_key=None, remat="none") -> tuple[jax.Array, jax.Array]:
-    """(sum of masked next-token cross-entropy, number of loss tokens) for one batch, in fp32."""
-    logits, _ = module.forward(
+def token_losses(
+    module, model_cfg, params, batch: dict, *, lora_key=None, remat="none", chunk: int = 0
+) -> tuple[jax.Array, jax.Array]:
+    """(sum of masked next-token cross-entropy, number of loss tokens) for one batch, in fp32.
+
+    With `chunk` (dividing the sequence length) the vocab projection and cross-entropy run over
+    sequence chunks in a rematerialised scan, so fp32 logits [B, chunk, V] exist one chunk at a time
+    (a 16k-token row times a 248k vocab would otherwise need 16 GB per sequence)."""
+    hidden, _ = module.hidden_states(
         params, model_cfg, batch["tokens"], batch["positions"], batch["segment_ids"], lora_key=lora_key, remat=remat
-    )
-    logits = constrain(logits, ("batch", "seq", "vocab"))
-    logz = jax.nn.logsumexp(logits, axis=-1)
-    target_logit = jnp.take_along_axis(logits, batch["targets"][..., None].astype(jnp.int32), axis=-1)[..., 0]
+    )  # [B, T, D]
+    targets = batch["targets"].astype(jnp.int32)
     mask = batch["loss_mask"].astype(jnp.float32)
-    return jnp.sum((logz - target_logit) * mask), jnp.sum(mask)
+
+    def piece(h, tgt, m):
+        logits = constrain(module.unembed(params, model_cfg, h), ("batch", "seq", "vocab"))  # [B, C, V] fp32
+        logz = jax.nn.logsumexp(logits, axis=-1)
+        target_logit = jnp.take_along_axis(logits, tgt[..., None], axis=-1)[..., 0]
+        return jnp.sum((logz - target_logit) * m)
+
+    B, T, _ = hidden.shape
+    if not chunk or chunk >= T:
+        return piece(hidden, targets, mask), jnp.sum(mask)
+    if T % chunk:
+        raise ValueError(f"config.train.loss_chunk {chunk} does not divide the sequence length {T}")
+    n = T // chunk
+
+    def split(x):  # [B, T, ...] -> [n, B, chunk, ...]
+        return x.reshape(B, n, chunk, *x.shape[2:]).swapaxes(0, 1)
+
+    def body(total, xs):
+        h, tgt, m = xs
+        return total + jax.checkpoint(piece)(constrain(h, ("batch", "seq", "embed")), tgt, m), None
+
+    total, _ = jax.lax.scan(body, jnp.zeros([], jnp.float32), (split(hidden), split(targets), split(mask)))
+    return total, jnp.sum(mask)
 
 
 def loss(module, model_cfg, params, batch: dict, **kwargs) -> jax.Array:
@@ -62,12 +88,14 @@ def make_train_step(
     remat: str = "none",
     dropout: bool = False,
     rules: ShardingRules | None = None,
+    loss_chunk: int = 0,
 ) -> Callable:
     """`step(state, frozen, batch) -> (state, metrics)`, pure; wrap it with `jit_train_step`."""
 
     def grads_of(trainable, frozen, mb, key):
         def f(t):
-            return token_losses(module, model_cfg, lora.combine(t, frozen), mb, lora_key=key, remat=remat)
+            return token_losses(module, model_cfg, lora.combine(t, frozen), mb, lora_key=key, remat=remat,
+                                chunk=loss_chunk)
 
         (total, n), g = jax.value_and_grad(f, has_aux=True)(trainable)
         return total, n, g
