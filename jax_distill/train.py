@@ -219,6 +219,11 @@ def _global_sums(*values: int) -> list[int]:
 
 
 def main(config: ConfigDict) -> None:
+    from absl import flags
+    from absl import logging as absl_logging
+
+    if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO; --verbosity=0 brings it back
+        absl_logging.set_verbosity(absl_logging.WARNING)
     summary = run(config)
     if summary.get("status") == "preempted":
         sys.exit(143)
