@@ -26,12 +26,12 @@ def get_config() -> ConfigDict:
     c.plan_only = False
 
     c.problems = problems_config()
-    c.problems.synthetic.num = 900
+    c.problems.synthetic.num = 600
     c.problems.synthetic.steps = 1
     c.problems.synthetic.max_value = 9
     c.problems.synthetic.ops = "add,sub"
     c.problems.eval_fraction = 0.1
-    c.problems.eval_limit = 64
+    c.problems.eval_limit = 48
 
     teacher = config_file(f"{CONFIGS}/traces/generate.py:procedural")
     teacher.sampling.n = 1
@@ -57,7 +57,7 @@ def get_config() -> ConfigDict:
     t.optim.lr = 3e-3
     t.optim.warmup_frac = 0.05
     t.train.seq_len = 512
-    t.train.batch_size = 16
+    t.train.batch_size = 4  # small batches: a from-scratch student needs optimizer steps more than width
     t.train.steps = 0  # data.num_epochs passes over each variant's traces
     t.data.num_epochs = 3
     t.train.log_every = 20
@@ -74,7 +74,7 @@ def get_config() -> ConfigDict:
 
     e = config_file(f"{CONFIGS}/eval/default.py")
     e.dtype = "float32"
-    e.generation.max_tokens = 512
+    e.generation.max_tokens = 320
     e.generation.batch_size = 64
     e.multiple_choice.tasks = ""
     c.eval = e
