@@ -65,6 +65,23 @@ def test_local_roundtrip_and_half_written_checkpoint_ignored(tmp_path):
     assert checkpoint.Checkpointer(str(tmp_path / "ckpt"), every=1, keep=2).latest_step() == 3
 
 
+def test_relative_directory_commits_and_restores(tmp_path, monkeypatch):
+    """A relative checkpoint dir (as `--config.train.run_dir=runs/x` gives) saves, commits and resumes."""
+    monkeypatch.chdir(tmp_path)
+    _roundtrip("runs/x/checkpoints")
+    assert (tmp_path / "runs" / "x" / "checkpoints" / "3").is_dir()
+
+
+def test_wait_raises_when_the_last_save_did_not_commit(tmp_path):
+    ckpt = checkpoint.Checkpointer(str(tmp_path / "ckpt"), every=1, keep=2)
+    ckpt.save(1, _state(1), _iterator())
+    ckpt.wait()
+    ckpt.last_saved = 2  # as if step 2's async save had failed in the background
+    with pytest.raises(RuntimeError, match="checkpoint of step 2 did not commit"):
+        ckpt.wait()
+    ckpt.close()
+
+
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory):
     server = FakeGCS(tmp_path_factory.mktemp("gcs")).start()

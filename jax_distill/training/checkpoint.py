@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from typing import Any
 
@@ -65,6 +66,9 @@ class Checkpointer:
 
     def __init__(self, directory: str, every: int, keep: int, async_save: bool = True, retries: int = 3):
         self.directory = str(directory).rstrip("/")
+        if "://" not in self.directory:  # orbax needs absolute local paths (a relative one never commits)
+            self.directory = os.path.abspath(self.directory)
+        self.last_saved: int | None = None
         self.every = every
         self.retries = retries
         options = ocp.CheckpointManagerOptions(
@@ -86,7 +90,10 @@ class Checkpointer:
         """Start an (async) save of `state` and the iterator position; True if one was started."""
         snapshot = IteratorSnapshot(iterator, iterator.get_state())
         args = ocp.args.Composite(state=ocp.args.StandardSave(flatten(state)), data=grain.checkpoint.CheckpointSave(snapshot))
-        return self._retry(f"save step {step}", lambda: self.manager.save(step, args=args, force=force))
+        started = self._retry(f"save step {step}", lambda: self.manager.save(step, args=args, force=force))
+        if started:
+            self.last_saved = step
+        return started
 
     def restore(self, step: int, abstract_state: Any, iterator) -> Any:
         """The state saved at `step` (placed with the shardings of `abstract_state`'s leaves); the
@@ -99,7 +106,13 @@ class Checkpointer:
         return unflatten(restored["state"], abstract_state)
 
     def wait(self) -> None:
+        """Block until async saves end, and check on storage that the last one committed (an async
+        failure must not pass for a saved checkpoint)."""
         self._retry("finish saving", self.manager.wait_until_finished)
+        if self.last_saved is not None:
+            self.manager.reload()
+            if self.last_saved not in self.manager.all_steps():
+                raise RuntimeError(f"checkpoint of step {self.last_saved} did not commit in {self.directory}")
 
     def close(self) -> None:
         try:
