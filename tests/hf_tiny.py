@@ -248,6 +248,23 @@ def torch_logits(model, tokens, positions, mask) -> np.ndarray:
     return out.logits.float().numpy()
 
 
+def check_export(model, folder: Path, out: Path, reference_logits, tokens, positions, mask):
+    """save_pretrained -> transformers reproduces `reference_logits`, and our loader reads the export
+    back to identical parameters. Returns (export folder, reloaded torch model, reloaded JAX model)."""
+    import jax
+    import transformers
+
+    from jax_distill.models import from_pretrained, save_pretrained
+
+    out = save_pretrained(model, out, tokenizer_from=folder)
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
+    np.testing.assert_allclose(torch_logits(reloaded, tokens, positions, mask), reference_logits, atol=1e-5)
+    again = from_pretrained(out)
+    for a, b in zip(jax.tree.leaves(model.params), jax.tree.leaves(again.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    return out, reloaded, again
+
+
 # ----------------------------------------------------------------------------- real weights
 
 
