@@ -14,6 +14,8 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import ConfigDict, config_flags
 
+from jax_distill import checks
+
 
 def run_stage(run: Callable[[ConfigDict], Any], flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Parse --config (+ overrides) and call `run(config)` under absl (needed by Grain workers)."""
@@ -38,7 +40,7 @@ def _parse_flags(flag_values: flags.FlagValues, argv: list[str]) -> list[str]:
     import sys
 
     try:
-        return flag_values(argv)
+        return flag_values(list_overrides(argv))
     except flags.Error as e:
         sys.stderr.write(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.\n")
         sys.exit(1)
@@ -49,6 +51,29 @@ def _parse_flags(flag_values: flags.FlagValues, argv: list[str]) -> list[str]:
         hint = str(e).split("\\n")[-1].strip("'\"") if "Did you mean" in str(e) else ""
         sys.stderr.write(f"FATAL config error: unknown config field {field!r} ({hits[0] if hits else argv}). {hint}\n")
         sys.exit(1)
+
+
+def list_overrides(argv: list[str]) -> list[str]:
+    """`--config.variants=raw,compressed:x` -> the tuple literal ml_collections parses, for every override of
+    a tuple (list) field of the config file (ml_collections alone would make it a 1-tuple "raw,compressed:x").
+    Tuple literals ("('a', 'b')") pass unchanged."""
+    path = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), None)
+    overrides = [a for a in argv[1:] if a.startswith("--config.") and "=" in a]
+    if path is None or not overrides:
+        return argv
+    base = config_file(path)
+    out = []
+    for arg in argv:
+        if arg in overrides:
+            dotted, value = arg[len("--config.") :].split("=", 1)
+            try:
+                current = checks.get(base, dotted)
+            except KeyError:
+                current = None  # unknown fields fail in absl's parser with the field's name
+            if isinstance(current, (tuple, list)) and not value.lstrip().startswith(("(", "[")):
+                arg = f"--config.{dotted}={checks.as_list(value)!r}"
+        out.append(arg)
+    return out
 
 
 def config_file(path: str) -> ConfigDict:
@@ -71,6 +96,8 @@ def set_fields(cfg: ConfigDict, fields: dict[str, Any], where: str = "config") -
             node = node[name]
         if leaf not in node:
             raise KeyError(f"{where}: unknown config field {dotted!r}")
+        if isinstance(node[leaf], tuple) and isinstance(value, str):
+            value = checks.as_list(value)  # "a,b" is the friendly spelling of a list, as on the command line
         node[leaf] = value
     return cfg
 
