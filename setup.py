@@ -19,6 +19,7 @@ setup(
         "ml-collections>=1.1.0",
         "transformers>=5.16.1",
         "tokenizers>=0.22",
+        "jinja2>=3.1",  # chat templates (transformers renders them with jinja2 but does not require it)
         "safetensors>=0.6",
         "math-verify>=0.9.0",
         "numpy",

@@ -24,7 +24,6 @@ shared `train` template; `method_overrides.<method>` then applies to either.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import time
 from pathlib import Path
@@ -32,11 +31,58 @@ from typing import Any, Callable
 
 from ml_collections import ConfigDict
 
+from jax_distill import checks
 from jax_distill.cli import set_fields
 
 log = logging.getLogger("jax_distill.experiment")
 
 STAGES = ("generate", "compress", "truncate", "train", "evaluate", "report")
+VARIANT_KINDS = ("raw", "compressed", "truncated", "answer_only")
+
+
+def default_config() -> ConfigDict:
+    """The experiment's own fields; configs/experiment/*.py fill in the stage templates."""
+    from jax_distill.problems.sources import default_config as problems_config
+
+    c = ConfigDict()
+    c.workdir = "runs/experiment"  # every stage's output lives under it (see the module docstring)
+    c.stages = STAGES  # stages to run; the others are only planned (their configs are still written)
+    c.plan_only = False  # print one command per stage instead of running them
+    c.problems = problems_config()  # shared by generate and evaluate: same sources, split and seed
+    c.teachers = ConfigDict()  # name -> generate-stage config
+    c.compressors = ConfigDict()  # name -> compress-stage config
+    c.truncate = ConfigDict()  # truncate-stage template (inputs and outputs are set per cell)
+    c.students = ConfigDict()  # name -> {path: HF folder or "" to build a tiny one, tiny: build_student kwargs}
+    c.methods = ("lora", "full")  # lora | full
+    c.variants = ("raw",)  # raw | compressed:<compressor> | truncated:<compressor> | answer_only
+    c.train = ConfigDict()  # train-stage template for students without a recipe
+    c.train_recipes = ConfigDict()  # student -> method -> train-stage config (the paper's per-student recipes)
+    c.method_overrides = ConfigDict()  # method -> nested fields applied on top of the recipe or template
+    c.eval = ConfigDict()  # evaluate-stage template
+    c.report = ConfigDict()  # report-stage template
+    return c
+
+
+def validate(c: ConfigDict) -> None:
+    """The experiment's own fields (each stage validates its derived config when it runs)."""
+    checks.need(bool(c.workdir), "workdir", "must be set")
+    checks.is_type(c, "stages", (tuple, list))
+    unknown = sorted(set(c.stages) - set(STAGES))
+    checks.need(not unknown, "stages", f"unknown stages {unknown}; choose from {', '.join(STAGES)}")
+    checks.is_type(c, "methods", (tuple, list))
+    checks.need(bool(c.methods), "methods", "must name at least one of lora, full")
+    bad = sorted(set(c.methods) - {"lora", "full"})
+    checks.need(not bad, "methods", f"unknown methods {bad}; choose from lora, full")
+    checks.need(len(c.teachers) > 0, "teachers", "must name at least one generate-stage config")
+    checks.need(len(c.students) > 0, "students", "must name at least one student")
+    checks.is_type(c, "variants", (tuple, list))
+    checks.need(bool(c.variants), "variants", "must name at least one variant")
+    for v in c.variants:
+        kind, _, comp = v.partition(":")
+        ok = kind in VARIANT_KINDS and bool(comp) == (kind in ("compressed", "truncated"))
+        checks.need(ok, "variants", f"unknown variant {v!r} (raw, compressed:X, truncated:X, answer_only)")
+        checks.need(not comp or comp in c.compressors, "variants",
+                    f"{v!r} names no compressor in config.compressors {sorted(c.compressors)}")
 
 
 def variant_label(variant: str) -> str:
@@ -75,18 +121,10 @@ class Runner:
     def __init__(self, config: ConfigDict):
         self.config = config
         self.work = Path(config.workdir)
-        self.stages = {s.strip() for s in config.stages.split(",") if s.strip()}
-        unknown = self.stages - set(STAGES)
-        if unknown:
-            raise ValueError(f"config.stages: unknown stages {sorted(unknown)}; choose from {STAGES}")
+        validate(config)
+        self.stages = set(config.stages)
         self.plan: list[str] = []
-        self.variants = [v.strip() for v in config.variants.split(",") if v.strip()]
-        for v in self.variants:
-            kind, _, comp = v.partition(":")
-            if kind not in ("raw", "compressed", "truncated", "answer_only") or bool(comp) != (kind in ("compressed", "truncated")):
-                raise ValueError(f"config.variants: unknown variant {v!r} (raw, compressed:X, truncated:X, answer_only)")
-            if comp and comp not in config.compressors:
-                raise ValueError(f"config.variants: {v!r} names no compressor in config.compressors {sorted(config.compressors)}")
+        self.variants = tuple(config.variants)
 
     def stage(self, name: str, cfg: ConfigDict, out: Path, fn: Callable[[ConfigDict], Any]) -> Any:
         """Record the stage's config beside its output, then run it (or only plan it)."""
@@ -193,7 +231,7 @@ class Runner:
     def grid(self, trace_dirs, students, ablation_dirs) -> list[Path]:
         from jax_distill import evaluate, train
 
-        methods = [m.strip() for m in self.config.methods.split(",") if m.strip()]
+        methods = tuple(self.config.methods)
         variants = self.variants
         run_dirs = []
         for teacher in self.config.teachers.keys():
@@ -213,9 +251,7 @@ class Runner:
                         )
                         if method in self.config.method_overrides:
                             cfg = _merge(cfg, self.config.method_overrides[method])
-                        summary = run_dir / "train_summary.json"
-                        done = summary.exists() and json.loads(summary.read_text()).get("status") != "running"
-                        if not done:
+                        if not (run_dir / "train_summary.json").exists():  # written only when training ended
                             self.stage("train", cfg, run_dir, train.run)
                         else:
                             self.plan.append(f"# {run_dir}: trained")

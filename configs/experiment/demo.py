@@ -14,18 +14,14 @@ from pathlib import Path
 from ml_collections import ConfigDict
 
 from jax_distill.cli import config_file
-from jax_distill.problems.sources import default_config as problems_config
+from jax_distill.experiment import default_config
 
 CONFIGS = Path(__file__).resolve().parent.parent
 
 
 def get_config() -> ConfigDict:
-    c = ConfigDict()
+    c = default_config()
     c.workdir = "runs/demo"
-    c.stages = "generate,compress,truncate,train,evaluate,report"
-    c.plan_only = False
-
-    c.problems = problems_config()
     c.problems.synthetic.num = 600
     c.problems.synthetic.steps = 1
     c.problems.synthetic.max_value = 9
@@ -47,8 +43,8 @@ def get_config() -> ConfigDict:
                       num_heads=4, num_kv_heads=2, head_dim=32, max_position_embeddings=1024, seed=0),
         )),
     })
-    c.methods = "full"
-    c.variants = "raw,compressed:extractive,truncated:extractive,answer_only"
+    c.methods = ("full",)
+    c.variants = ("raw", "compressed:extractive", "truncated:extractive", "answer_only")
 
     t = config_file(f"{CONFIGS}/train/tiny.py")
     t.model.compute_dtype = "float32"
@@ -66,7 +62,6 @@ def get_config() -> ConfigDict:
     t.export.peft = False
     t.data.read_threads = 1
     c.train = t
-    c.train_recipes = ConfigDict()  # per student and method (see configs/experiment/paper.py)
     c.method_overrides = ConfigDict({
         "lora": ConfigDict(dict(optim=dict(lr=3e-3), lora=dict(rank=16, alpha=32.0, dropout=0.0))),
         "full": ConfigDict(dict(optim=dict(lr=3e-3))),
