@@ -1,7 +1,9 @@
 """One way to start every stage: `python -m jax_distill.<stage> --config configs/<x>.py [--config.a.b=v]`.
 
-Configs are ml_collections files with `get_config()`; the config is locked, so an override of an unknown
-field or of the wrong type fails at start with the field's name (absl's flag error).
+Configs are ml_collections files with `get_config()`. Two checks make a typo fail at start, naming the
+field: the config file is compared field by field with the stage's declared `default_config()` (a field the
+stage does not declare, or a value of another type, is an error with a did-you-mean), and the config is
+locked, so an override of an unknown field or of the wrong type fails in absl's flag parser.
 """
 
 from __future__ import annotations
@@ -17,17 +19,30 @@ from ml_collections import ConfigDict, config_flags
 from jax_distill import checks
 
 
-def run_stage(run: Callable[[ConfigDict], Any], flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    """Parse --config (+ overrides) and call `run(config)` under absl (needed by Grain workers)."""
+def run_stage(
+    run: Callable[[ConfigDict], Any],
+    declared: Callable[[], ConfigDict] | None = None,
+    flag_values: flags.FlagValues = flags.FLAGS,
+) -> None:
+    """Parse --config (+ overrides), check it against the stage's `declared()` config, and call
+    `run(config)` under absl (needed by Grain workers)."""
     config = config_flags.DEFINE_config_file("config", None, "ml_collections config file", flag_values=flag_values)
     flags.mark_flag_as_required("config", flag_values=flag_values)
 
     def main(argv):
+        import sys
+
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
         # our progress at INFO; libraries (orbax, jax) only when they warn
         absl_logging.set_verbosity(absl_logging.WARNING)
         logging.getLogger("jax_distill").setLevel(logging.INFO)
+        try:
+            if declared is not None:
+                check_declared(config.value, declared(), flag_values["config"].config_filename)
+        except checks.ConfigError as e:
+            sys.stderr.write(f"FATAL config error: {e}\n")
+            sys.exit(1)
         run(config.value)
 
     app.run(main, flags_parser=lambda argv: _parse_flags(flag_values, argv))
@@ -76,6 +91,41 @@ def list_overrides(argv: list[str]) -> list[str]:
     return out
 
 
+def check_declared(cfg: Any, declared: Any, where: str, prefix: str = "") -> None:
+    """Every field of `cfg` (a loaded config file) must be declared by the stage, with a value of the
+    declared type, as a command-line override must. An empty declared ConfigDict is a free-form map
+    (e.g. experiment `teachers`, `method_overrides`): its entries are not checked here."""
+    import difflib
+
+    if isinstance(declared, ConfigDict) and not declared.keys():
+        return
+    for key in cfg.keys():
+        dotted = f"{prefix}{key}"
+        if key not in declared:
+            near = difflib.get_close_matches(key, list(declared.keys()), n=1)
+            hint = f" Did you mean {prefix}{near[0]}?" if near else ""
+            raise checks.ConfigError(f"config.{dotted}: {where} sets a field the stage does not declare.{hint}")
+        value, want = cfg[key], declared[key]
+        if isinstance(want, (ConfigDict, dict)):
+            checks.need(isinstance(value, (ConfigDict, dict)), dotted, f"{where}: must be a section, got {value!r}")
+            check_declared(value, want, where, f"{dotted}.")
+        elif want is not None and value is not None and not _same_kind(value, want):
+            raise checks.ConfigError(
+                f"config.{dotted}: {where} sets {type(value).__name__} {value!r}; the stage declares "
+                f"{type(want).__name__} (default {want!r})"
+            )
+
+
+def _same_kind(value: Any, want: Any) -> bool:
+    if isinstance(want, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(want, bool)
+    if isinstance(want, float):
+        return isinstance(value, (int, float))
+    if isinstance(want, (tuple, list)):
+        return isinstance(value, (tuple, list))
+    return isinstance(value, type(want))
+
+
 def config_file(path: str) -> ConfigDict:
     """`get_config()` of a config file, "file.py:arg" passing arg (configs build on each other this way)."""
     import importlib.util
@@ -102,8 +152,13 @@ def set_fields(cfg: ConfigDict, fields: dict[str, Any], where: str = "config") -
     return cfg
 
 
-def load_config(path: str, overrides: dict[str, Any] | None = None) -> ConfigDict:
-    """A config file as the CLI would load it, with dotted overrides applied (for in-process use)."""
+def load_config(
+    path: str, overrides: dict[str, Any] | None = None, declared: Callable[[], ConfigDict] | None = None
+) -> ConfigDict:
+    """A config file as the CLI would load it (checked against `declared()` when given), with dotted
+    overrides applied (for in-process use)."""
     cfg = config_file(path)
+    if declared is not None:
+        check_declared(cfg, declared(), path)
     cfg.lock()
     return set_fields(cfg, overrides or {}, path)

@@ -1,0 +1,91 @@
+"""The command line: config files are checked like flags, list fields take a,b, from_json keeps tuples."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from ml_collections import ConfigDict
+
+from jax_distill import checks, cli
+
+DECLARED = textwrap.dedent(
+    """
+    from ml_collections import ConfigDict
+
+    def default_config():
+        c = ConfigDict()
+        c.optim = ConfigDict(dict(lr=1e-4, name="adamw"))
+        c.train = ConfigDict(dict(batch_size=8, steps=0))
+        c.variants = ("raw",)
+        c.recipes = ConfigDict()  # free-form map
+        return c
+    """
+)
+
+
+def _stage(tmp_path, config_body: str, *flags: str) -> subprocess.CompletedProcess:
+    (tmp_path / "declared.py").write_text(DECLARED)
+    (tmp_path / "stage.py").write_text(
+        "import sys; sys.path.insert(0, %r)\n" % str(tmp_path)
+        + "from declared import default_config\nfrom jax_distill.cli import run_stage\n"
+        + "run_stage(lambda c: print('RAN', c.optim.lr, c.train.batch_size, tuple(c.variants)), default_config)\n"
+    )
+    (tmp_path / "cfg.py").write_text(
+        "import sys; sys.path.insert(0, %r)\nfrom declared import default_config\n\n" % str(tmp_path)
+        + "def get_config():\n    c = default_config()\n"
+        + textwrap.indent(textwrap.dedent(config_body), "    ")
+        + "    return c\n"
+    )
+    return subprocess.run(
+        [sys.executable, str(tmp_path / "stage.py"), f"--config={tmp_path / 'cfg.py'}", *flags],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    "body, field, hint",
+    [
+        ("c.optim.learning_rate = 0.1\n", "config.optim.learning_rate", ""),
+        ("c.train.batchsize = 2\n", "config.train.batchsize", "Did you mean train.batch_size?"),
+    ],
+)
+def test_typo_inside_a_config_file_fails_at_start(tmp_path, body, field, hint):
+    out = _stage(tmp_path, body)
+    assert out.returncode != 0 and "RAN" not in out.stdout, out.stdout
+    assert field in out.stderr and hint in out.stderr, out.stderr
+
+
+def test_wrong_type_inside_a_config_file_fails_at_start(tmp_path):
+    out = _stage(tmp_path, "c.train.steps = '10'\n")  # ConfigDict's own type check, inside the file
+    assert out.returncode != 0 and "RAN" not in out.stdout and "steps" in out.stderr
+
+
+def test_declared_fields_free_maps_and_list_overrides_run(tmp_path):
+    out = _stage(tmp_path, "c.recipes.anything = 1\nc.optim.lr = 3e-4\n", "--config.variants=raw,compressed:x",
+                 "--config.train.batch_size=2")
+    assert out.returncode == 0, out.stderr
+    assert "RAN 0.0003 2 ('raw', 'compressed:x')" in out.stdout
+
+
+def test_check_declared_in_process():
+    declared = ConfigDict(dict(a=ConfigDict(dict(b=1.0)), n=2))
+    cli.check_declared(ConfigDict(dict(a=dict(b=3), n=5)), declared, "x.py")  # int where float: fine
+    with pytest.raises(checks.ConfigError, match=r"config\.a\.c: x\.py sets a field"):
+        cli.check_declared(ConfigDict(dict(a=dict(c=3))), declared, "x.py")
+    with pytest.raises(checks.ConfigError, match=r"config\.n:.*bool"):
+        cli.check_declared(ConfigDict(dict(n=True)), declared, "x.py")
+
+
+def test_set_fields_splits_strings_for_list_fields():
+    cfg = ConfigDict(dict(variants=("raw",), name="x"))
+    cli.set_fields(cfg, {"variants": "raw, compressed:a", "name": "a,b"})
+    assert cfg.variants == ("raw", "compressed:a") and cfg.name == "a,b"
+
+
+def test_from_json_restores_tuples(tmp_path):
+    cfg = ConfigDict(dict(variants=("raw", "answer_only"), nested=dict(stop=("a",))))
+    path = tmp_path / "c.json"
+    path.write_text(cfg.to_json())
+    back = cli.config_file(f"configs/from_json.py:{path}")
+    assert back.variants == ("raw", "answer_only") and back.nested.stop == ("a",)
