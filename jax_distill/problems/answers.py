@@ -22,7 +22,18 @@ ANSWER_TYPES = ("number", "latex", "choice")
 _ANSWER_IS = re.compile(
     r"(?:the\s+(?:final\s+)?answer\s+is|final\s+answer\s*(?:is)?\s*[:=]?|answer\s*:)\s*(.+)", re.IGNORECASE
 )
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
+# A number as written in an answer: a LaTeX fraction, a power, or a decimal with optional thousands
+# separators and an optional "/q" (one alternation, so the first / last numeral of a text is one match).
+_DECIMAL = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+"
+_NUMERAL = re.compile(
+    rf"(?P<sign>-\s*)?(?:"
+    rf"\\[dt]?frac\s*\{{\s*(?P<num>-?(?:{_DECIMAL}))\s*\}}\s*\{{\s*(?P<den>-?(?:{_DECIMAL}))\s*\}}"
+    rf"|\\[dt]?frac\s*(?P<num1>\d)(?P<den1>\d)"  # \frac12
+    rf"|(?P<base>{_DECIMAL})\s*\^\s*(?:\{{\s*(?P<exp>-?\d+)\s*\}}|(?P<exp1>\d))"
+    rf"|(?P<p>{_DECIMAL})(?:\s*/\s*(?P<q>\d+))?"
+    rf")"
+)
+_LATEX_SPACING = re.compile(r"\\[,!;: ]|\{,\}")  # thin spaces and {,} thousands separators
 _PLAIN_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _CHOICE = re.compile(r"^\(?\s*([A-J])\s*\)?(?:[.:)\s]|$)")
 
@@ -55,11 +66,45 @@ def _clean(answer: str) -> str:
     return answer.rstrip(".").strip()
 
 
-def _as_number(candidate: str) -> str | None:
-    nums = _NUMBER.findall(candidate)
-    if not nums:
+def _numeral_value(m: re.Match) -> Fraction | None:
+    g = m.groupdict()
+    dec = lambda x: Fraction(x.replace(",", ""))  # noqa: E731
+    try:
+        if g["num"] is not None:
+            value = dec(g["num"]) / dec(g["den"])
+        elif g["num1"] is not None:
+            value = Fraction(int(g["num1"]), int(g["den1"]))
+        elif g["base"] is not None:
+            exp = int(g["exp"] if g["exp"] is not None else g["exp1"])
+            if abs(exp) > 64:  # not a numeral anyone writes as an answer; leave it to math-verify
+                return None
+            value = dec(g["base"]) ** exp
+        else:
+            value = dec(g["p"]) / (int(g["q"]) if g["q"] else 1)
+    except ZeroDivisionError:
         return None
-    return nums[-1].replace(",", "")
+    return -value if g["sign"] else value
+
+
+def _format_number(value: Fraction, written: str) -> str:
+    """An integer as digits; a decimal as written (exact compare); any other rational as p/q."""
+    if value.denominator == 1:
+        return str(value.numerator)
+    plain = written.replace(",", "").replace(" ", "")
+    if _PLAIN_NUMBER.fullmatch(plain):
+        return plain
+    return f"{value.numerator}/{value.denominator}"
+
+
+def _as_number(candidate: str, which: str = "last") -> str | None:
+    """The first or last numeral of `candidate`, evaluated: "\\frac{16}{2}" -> "8", "2^3" -> "8",
+    "1{,}000" -> "1000", "\\dfrac{3}{4}" -> "3/4", "-3.5" -> "-3.5"; None when there is none."""
+    text = _LATEX_SPACING.sub(lambda m: "," if m.group(0) == "{,}" else "", candidate).replace("\u2212", "-")
+    matches = [m for m in _NUMERAL.finditer(text) if _numeral_value(m) is not None]
+    if not matches:
+        return None
+    m = matches[0] if which == "first" else matches[-1]
+    return _format_number(_numeral_value(m), m.group(0))
 
 
 def _as_choice(candidate: str) -> str | None:
@@ -85,7 +130,8 @@ def _extract(text: str, answer_type: str) -> str | None:
         phrase = phrases[-1].strip()
         if answer_type == "latex":
             phrase = phrase.split("\n")[0]
-        got = convert(_clean(phrase))
+        # "the final answer is 12 apples per 2 days": the number the phrase introduces, not the last one
+        got = _as_number(_clean(phrase), "first") if answer_type == "number" else convert(_clean(phrase))
         if got is not None:
             return got
     lines = [line for line in text.strip().splitlines() if line.strip()]
