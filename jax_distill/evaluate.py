@@ -481,12 +481,7 @@ def run(config) -> dict:
         from jax_distill.problems import load_problems_with_report
 
         _, problems, problem_report = load_problems_with_report(config)
-        from ml_collections import ConfigDict
-
-        chat = config.chat.to_dict()
-        kwargs = chat.get("template_kwargs") or "{}"
-        chat["template_kwargs"] = ConfigDict(json.loads(kwargs) if isinstance(kwargs, str) else dict(kwargs))
-        chat = chat_config(**chat)
+        chat = chat_config(**config.chat.to_dict())
         engine = JaxEngine(
             model,
             tokenizer,

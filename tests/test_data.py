@@ -10,6 +10,7 @@ import pytest
 
 import hf_tiny
 from jax_distill import data
+from jax_distill.checks import ConfigError
 from jax_distill.data import DataError
 
 # ----------------------------------------------------------------------------- templates
@@ -181,7 +182,7 @@ def write_jsonl(path, recs, extra_lines: list[bytes] = ()):
 
 def config(path, **kw):
     cfg = data.data_config()
-    cfg.path = str(path)
+    cfg.path = (str(path),)
     cfg.read_threads = 2
     for k, v in kw.items():
         cfg[k] = v
@@ -410,7 +411,7 @@ def test_bad_records_are_counted_and_located(tok, tmp_path):
         assert any(w.endswith(where) for w in stats.first[reason]), (where, stats.first)
     assert "empty_trace=3" in stats.summary() and "invalid_utf8=2" in stats.summary()
     # the empty-trace rule is configurable: allow raw traces to be empty
-    ds, stats = data.make_dataset(config(path, trace_required="compressed"), tok, seq_len=256, batch_size=2, seed=0)
+    ds, stats = data.make_dataset(config(path, trace_required=("compressed",)), tok, seq_len=256, batch_size=2, seed=0)
     drain(ds)
     assert stats.skipped["empty_trace"] == 1
 
@@ -429,9 +430,9 @@ def test_custom_field_mapping_and_config_errors(tok, tmp_path):
     cfg.fields.question, cfg.fields.trace, cfg.fields.answer = "prompt", "out.reasoning", "out.final"
     ex = list(data.example_dataset(cfg, tok, seq_len=256, seed=0)[0])
     assert tok.decode(ex[2]["targets"][ex[2]["loss_mask"] == 1]) == data.think_block("step 2", "A2") + "<|im_end|>"
-    with pytest.raises(DataError, match="nothing matches"):
+    with pytest.raises(ConfigError, match="config.data.path: nothing matches"):
         data.make_dataset(config(tmp_path / "nope*.jsonl"), tok, seq_len=64, batch_size=1, seed=0)
-    with pytest.raises(DataError, match="data.pack"):
+    with pytest.raises(ConfigError, match="config.data.pack"):
         data.make_dataset(config(path, pack="greedy"), tok, seq_len=64, batch_size=1, seed=0)
     all_bad = write_jsonl(tmp_path / "all_bad.jsonl", [dict(question="q")] * 3)
     ds, _ = data.make_dataset(config(all_bad, num_epochs=0), tok, seq_len=64, batch_size=1, seed=0)
@@ -461,3 +462,24 @@ def test_worker_processes_give_the_same_stream_and_resume_exactly(files, tok):
     for x, y in zip(got + rest, ref + ref[4:], strict=True):
         for k in x:
             np.testing.assert_array_equal(x[k], y[k])
+
+
+def test_validate_names_the_bad_field(tmp_path):
+    path = write_jsonl(tmp_path / "ok.jsonl", records(2))
+    data.validate(config(path))
+    bad = [("template_kwargs", "{not json"), ("template_date", "01/01/2026"), ("read_threads", 0),
+           ("overlong", "clip"), ("format", "csv"), ("path", ()), ("path", (str(tmp_path / "none*.jsonl"),))]
+    for field, value in bad:
+        cfg = config(path)
+        cfg[field] = value
+        with pytest.raises(ConfigError, match=f"config.data.{field}:"):
+            data.validate(cfg)
+    cfg = config(path)
+    cfg.fields.answer = ""
+    with pytest.raises(ConfigError, match="config.data.fields.answer:"):
+        data.validate(cfg)
+    # template variables are one JSON object, parsed once into the chat format
+    fmt = data.ChatFormat(tokenizer_for("harmony"), config(path, template_kwargs='{"reasoning_effort": "high"}'))
+    assert fmt.template_kwargs == {"reasoning_effort": "high"}
+    ids, _ = fmt.encode(Q, TRACE, ANSWER, "test")
+    assert "Reasoning: high" in fmt.tokenizer.decode(ids)

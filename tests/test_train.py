@@ -271,13 +271,13 @@ def test_gcs_outage_then_kill9_resume_exactly(traces, reference, gcs, tmp_path):
     _assert_same_exports(o["train.run_dir"], ref_dir)
 
 
-def test_paper_configs_validate(tmp_path):
+def test_paper_configs_validate(traces, tmp_path):
     from jax_distill.training.config import validate
 
-    files = sorted((ROOT / "configs" / "train").glob("*_*.py"))
-    assert len(files) == 8  # 4 students x (lora, full)
-    for f in files:
-        cfg = load_config(str(f), {"train.run_dir": str(tmp_path)})
+    paper = ROOT / "configs" / "train" / "paper.py"
+    students = ("qwen3.5-0.8b", "qwen3.5-9b", "llama-3.1-8b", "gpt-oss-20b")
+    for f in [f"{paper}:{student},{method}" for student in students for method in ("lora", "full")]:
+        cfg = load_config(f, {"train.run_dir": str(tmp_path), "model.path": str(tmp_path), "data.path": str(traces)})
         validate(cfg)
         assert cfg.optim.name == "adamw_8bit" and cfg.optim.warmup_frac == 0.1 and cfg.data.num_epochs == 1
         if cfg.method == "lora":
@@ -297,3 +297,21 @@ def test_config_typo_names_the_field(tmp_path):
 
     with pytest.raises(ValueError, match="config.method"):
         run(cfg)
+
+
+def test_validate_names_each_bad_field(traces, tmp_path):
+    from jax_distill.checks import ConfigError
+    from jax_distill.training.config import validate
+
+    good = {"data.path": str(traces), "train.tokenizer": str(tokenizer_dir()), "train.run_dir": str(tmp_path)}
+    validate(load_config(TINY, good))
+    bad = {"optim.lr": 0.0, "optim.warmup_frac": 1.0, "optim.final_lr_frac": 1.5, "optim.b2": 1.0, "optim.eps": 0.0,
+           "optim.weight_decay": -0.1, "train.grad_accum": 3, "train.loss_chunk": 7, "train.log_every": 0,
+           "checkpoint.every": -1, "checkpoint.keep": 0, "export.dtype": "int8", "lora.rank": 0, "lora.alpha": 0.0,
+           "lora.dropout": 1.0, "lora.targets": "(", "model.remat": "some", "mesh.fsdp": 0,
+           "train.tokenizer": str(tmp_path / "missing"), "model.path": "meta-llama/Llama-3.1-8B", "data.pack": "greedy"}
+    for field, value in bad.items():
+        with pytest.raises(ConfigError, match=f"config.{field}:"):
+            validate(load_config(TINY, {**good, field: value}))
+    with pytest.raises(ValueError, match="llama-3.1-8b"):
+        load_config(str(ROOT / "configs" / "train" / "paper.py") + ":llama-3.1-8b,qlora")

@@ -15,7 +15,6 @@ from ml_collections import ConfigDict
 
 from jax_distill.cli import config_file
 from jax_distill.problems.sources import default_config as problems_config
-from jax_distill.training.config import paper_config
 
 CONFIGS = Path(__file__).resolve().parent.parent
 MODELS = "gs://YOUR_BUCKET/models"  # where the HF folders live
@@ -58,9 +57,9 @@ def get_config() -> ConfigDict:
     c.methods = "lora,full"
     c.variants = "raw,compressed:llama,compressed:ministral,truncated:llama,truncated:ministral,answer_only"
 
-    c.train = paper_config("llama-3.1-8b", "lora")  # template for students without a recipe below
+    c.train = config_file(f"{CONFIGS}/train/paper.py:llama-3.1-8b,lora")  # template for students without a recipe below
     c.train_recipes = ConfigDict({
-        name: ConfigDict({method: paper_config(key, method) for method in ("lora", "full")})
+        name: ConfigDict({method: config_file(f"{CONFIGS}/train/paper.py:{key},{method}") for method in ("lora", "full")})
         for name, (_, key) in STUDENTS.items()
     })
     c.method_overrides = ConfigDict()

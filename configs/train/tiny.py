@@ -6,11 +6,11 @@
 The tokenizer's vocabulary must fit model.hf.vocab_size (512); tests use tests/hf_tiny.tokenizer_dir().
 """
 
-from jax_distill.training.config import base_config
+from jax_distill.training.config import default_config
 
 
 def get_config():
-    c = base_config()
+    c = default_config()
     c.meta.name = "tiny"
     c.meta.student = "tiny-llama"
     c.model.compute_dtype = "float32"

@@ -3,6 +3,7 @@
   make_dataset(data_config, tokenizer, *, seq_len, batch_size, seed, process_index, process_count)
       -> (grain IterDataset of batches, DataStats)
   data_config() -> the ml_collections ConfigDict of data fields (embedded as `config.data`)
+  validate(data_config) -> checks every field (ConfigError naming config.data.<field>)
 
 See pipeline.py for the chain and the batch format, chat.py for the chat format and loss mask.
 """
@@ -16,6 +17,7 @@ from jax_distill.data.pipeline import (
     data_config,
     example_dataset,
     make_dataset,
+    validate,
 )
 from jax_distill.data.sources import RecordSource, resolve_files
 
@@ -34,4 +36,5 @@ __all__ = [
     "make_dataset",
     "resolve_files",
     "think_block",
+    "validate",
 ]

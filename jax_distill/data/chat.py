@@ -28,6 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from jax_distill import checks
+
+TEMPLATES = ("auto", "chat", "fallback")  # data.template: auto = the tokenizer's own, else FALLBACK_TEMPLATE
 
 class DataError(ValueError):
     """Bad data or data config; the message names the file, record and field where there is one."""
@@ -65,7 +68,15 @@ def chat_template(tokenizer, cfg) -> str:
         if not own:
             raise DataError("data.template='chat' but the tokenizer has no chat template; use 'fallback' or 'auto'")
         return own
-    raise DataError(f"data.template must be auto|chat|fallback, got {cfg.template!r}")
+    raise DataError(f"data.template must be one of {', '.join(TEMPLATES)}, got {cfg.template!r}")
+
+
+def template_day(date: str) -> datetime.datetime:
+    """data.template_date ("YYYY-MM-DD") as the day templates that stamp a date are given."""
+    try:
+        return datetime.datetime.strptime(date, "%Y-%m-%d")
+    except (TypeError, ValueError):
+        raise checks.ConfigError(f"config.data.template_date: must be YYYY-MM-DD; got {date!r}") from None
 
 
 def _fixed_date(template: str, date: str) -> str:
@@ -73,10 +84,7 @@ def _fixed_date(template: str, date: str) -> str:
     only JSON-like variables, so the function itself cannot be passed in)."""
     if "strftime_now" not in template:
         return template
-    try:
-        day = datetime.datetime.strptime(date, "%Y-%m-%d")
-    except ValueError:
-        raise DataError(f"data.template_date must be YYYY-MM-DD, got {date!r}") from None
+    day = template_day(date)
     expr = "fmt"
     for d in "aAbBdHIjmMpSyY":
         expr += f".replace('%{d}', '{day.strftime('%' + d)}')"
@@ -97,7 +105,7 @@ class ChatFormat:
         else:
             self.style = "inline"
         self._render_template = _fixed_date(self.template, cfg.template_date)
-        self.template_kwargs = cfg.template_kwargs.to_dict() if cfg.get("template_kwargs") else {}
+        self.template_kwargs = checks.json_object(cfg.template_kwargs, "data.template_kwargs")
         special = set(tokenizer.all_special_ids)
         special |= {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
         self.special_ids = special

@@ -24,8 +24,10 @@ import grain
 import numpy as np
 from ml_collections import ConfigDict
 
-from jax_distill.data.chat import ChatFormat, DataError
-from jax_distill.data.sources import RecordSource, resolve_files
+from jax_distill import checks
+from jax_distill.data.chat import TEMPLATES, ChatFormat, DataError, template_day
+from jax_distill.data.sources import FORMATS, RecordSource, local_matches, resolve_files
+from jax_distill.records import get_field
 
 log = logging.getLogger(__name__)
 
@@ -41,22 +43,24 @@ SKIP_REASONS = (
     "overlong_dropped",  # longer than seq_len (or, truncated, no assistant token left)
 )
 FIRST_FEW = 5  # locations kept per reason for the report
+PACKING = ("first_fit", "best_fit", "none")
+OVERLONG = ("drop", "truncate")
 
 
 def data_config() -> ConfigDict:
     """Data fields of a training config (`config.data`), with defaults."""
     c = ConfigDict()
-    c.path = ""  # trace files: comma-separated paths, globs or directories; gs:// allowed
+    c.path = ()  # trace files: paths, globs or directories (a tuple; "a,b" on the command line); gs:// allowed
     c.format = "auto"  # auto (by suffix: .jsonl/.json/.ndjson, .parquet/.pq) | jsonl | parquet
     c.fields = ConfigDict(  # record field names (dotted for nested: "meta.question")
         dict(question="question", trace="trace", answer="answer", id="id", variant="variant")
     )
-    c.trace_required = "raw,compressed"  # variants whose empty trace is a bad record ("empty_trace")
+    c.trace_required = ("raw", "compressed")  # variants whose empty trace is a bad record ("empty_trace")
     c.default_variant = "raw"  # variant of records without the variant field
     c.system = ""  # optional system message before the question
     c.template = "auto"  # chat (tokenizer's template) | fallback (chat.FALLBACK_TEMPLATE) | auto
     c.template_date = "2026-01-01"  # what strftime_now gives templates that stamp a date: same tokens every run
-    c.template_kwargs = ConfigDict()  # extra chat-template variables (e.g. reasoning_effort for gpt-oss)
+    c.template_kwargs = "{}"  # JSON of extra chat-template variables, e.g. {"reasoning_effort": "high"} (gpt-oss)
     c.end_of_turn = ""  # token ending the assistant turn; "" = the last special token the template writes
     c.pack = "first_fit"  # first_fit | best_fit | none (one example per row)
     c.pack_bins = 0  # rows filled at once before they are emitted; 0 = batch_size
@@ -68,6 +72,37 @@ def data_config() -> ConfigDict:
     c.workers = 0  # Grain worker processes for formatting/tokenizing (0 = in the main process)
     c.read_threads = 4  # threads reading and formatting records ahead (per process)
     return c
+
+
+def validate(cfg: ConfigDict) -> None:
+    """Every data field (checks.ConfigError naming config.data.<field>), local paths included; the
+    training validate calls it, and so does every dataset built here."""
+    c = {"data": cfg}  # errors name the field as it sits in the training config
+    checks.is_type(c, "data.path", tuple)
+    checks.need(bool(cfg.path), "data.path", "must name the trace files (paths, globs or directories)")
+    for part in cfg.path:
+        checks.need(isinstance(part, str) and bool(part.strip()), "data.path", f"entries must be paths; got {part!r}")
+        checks.need(part.startswith("gs://") or bool(local_matches(part)), "data.path", f"nothing matches {part!r}")
+    checks.one_of(c, "data.format", FORMATS)
+    for name in ("question", "trace", "answer", "id", "variant"):
+        checks.is_type(c, f"data.fields.{name}", str)
+    for name in ("question", "trace", "answer"):
+        checks.need(bool(cfg.fields[name]), f"data.fields.{name}", "must name a record field")
+    checks.is_type(c, "data.trace_required", tuple)
+    checks.need(all(isinstance(v, str) for v in cfg.trace_required), "data.trace_required",
+                f"must be variant names; got {cfg.trace_required!r}")
+    for name in ("default_variant", "system", "end_of_turn"):
+        checks.is_type(c, f"data.{name}", str)
+    checks.one_of(c, "data.template", TEMPLATES)
+    template_day(cfg.template_date)
+    checks.json_object(cfg.template_kwargs, "data.template_kwargs")
+    checks.one_of(c, "data.pack", PACKING)
+    checks.one_of(c, "data.overlong", OVERLONG)
+    for name in ("strict", "shuffle"):
+        checks.is_type(c, f"data.{name}", bool)
+    for name, low in (("pack_bins", 0), ("shuffle_seed", -1), ("num_epochs", 0), ("workers", 0), ("read_threads", 1)):
+        checks.is_type(c, f"data.{name}", int)
+        checks.at_least(c, f"data.{name}", low)
 
 
 @dataclasses.dataclass
@@ -137,15 +172,6 @@ def batch_stats(batch: dict[str, np.ndarray]) -> dict[str, float]:
 # ----------------------------------------------------------------------------- records -> examples
 
 
-def _get(record: dict, dotted: str):
-    node: Any = record
-    for key in dotted.split("."):
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
-    return node
-
-
 class _Skip(Exception):
     def __init__(self, reason: str, field: str = "", detail: str = ""):
         super().__init__(reason)
@@ -153,7 +179,7 @@ class _Skip(Exception):
 
 
 def _text(record: dict, field: str) -> str:
-    value = _get(record, field)
+    value = get_field(record, field)
     if value is None:
         raise _Skip("missing_field", field, "absent or null")
     if isinstance(value, bytes):  # Parquet binary columns
@@ -176,7 +202,7 @@ class _Format:
     def __init__(self, chat: ChatFormat, cfg: ConfigDict, seq_len: int, files: list[str], formats: list[str]):
         self.chat, self.seq_len = chat, seq_len
         self.fields = cfg.fields.to_dict()
-        self.trace_required = {v.strip() for v in cfg.trace_required.split(",") if v.strip()}
+        self.trace_required = set(cfg.trace_required)
         self.default_variant = cfg.default_variant
         self.truncate = cfg.overlong == "truncate"
         self.strict = cfg.strict
@@ -216,7 +242,7 @@ class _Format:
         f = self.fields
         question, answer, trace = _text(record, f["question"]), _text(record, f["answer"]), _text(record, f["trace"])
         variant = self.default_variant
-        if f.get("variant") and _get(record, f["variant"]) is not None:
+        if f.get("variant") and get_field(record, f["variant"]) is not None:
             variant = _text(record, f["variant"])
         if not question.strip():
             raise _Skip("empty_field", f["question"], "empty")
@@ -342,20 +368,11 @@ class _Finish(grain.IterDataset):
 # ----------------------------------------------------------------------------- public entry points
 
 
-def _check(cfg: ConfigDict, seq_len: int, batch_size: int, process_index: int, process_count: int):
-    choices = dict(pack=("first_fit", "best_fit", "none"), overlong=("drop", "truncate"))
-    for name, allowed in choices.items():
-        if cfg[name] not in allowed:
-            raise DataError(f"data.{name} must be one of {'|'.join(allowed)}, got {cfg[name]!r}")
-    for name in ("question", "trace", "answer"):
-        if not cfg.fields.get(name):
-            raise DataError(f"data.fields.{name} must name a record field")
+def _check_arguments(seq_len: int, batch_size: int, process_index: int, process_count: int) -> None:
     if seq_len < 2 or batch_size < 1:
         raise DataError(f"need seq_len >= 2 and batch_size >= 1, got {seq_len}, {batch_size}")
     if not 0 <= process_index < process_count:
         raise DataError(f"process_index {process_index} not in [0, {process_count})")
-    if cfg.num_epochs < 0 or cfg.workers < 0:
-        raise DataError("data.num_epochs and data.workers must be >= 0")
 
 
 def example_dataset(
@@ -364,7 +381,8 @@ def example_dataset(
 ) -> tuple[grain.IterDataset, DataStats]:
     """This host's stream of formatted examples before packing: dicts of `tokens`, `targets`,
     `loss_mask` ([n] int32, n <= seq_len) and `index` (global record index, for tests and debugging)."""
-    _check(cfg, seq_len, 1, process_index, process_count)
+    validate(cfg)
+    _check_arguments(seq_len, 1, process_index, process_count)
     files = resolve_files(cfg.path, cfg.format)
     columns = sorted({v.split(".")[0] for v in cfg.fields.to_dict().values() if v})
     source = RecordSource(files, cfg.format, columns)
@@ -378,7 +396,7 @@ def example_dataset(
         ds = ds.shuffle(seed=int(shuffle_seed) % 2**32)
     ds = ds.repeat(cfg.num_epochs or None)
     ds = ds.map(_Format(ChatFormat(tokenizer, cfg), cfg, seq_len, source.names, source.formats))
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(cfg.read_threads, 1), prefetch_buffer_size=64))
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=64))
     if cfg.workers:
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.workers))
     return _Count(it, stats, source.where, shard_len), stats
@@ -393,7 +411,7 @@ def make_dataset(
     (1 on assistant targets, end-of-turn included). `iter(ds)` is a Grain DatasetIterator: save
     `get_state()` in checkpoints, `set_state()` continues at exactly the next batch. `stats` (DataStats)
     follows the iterator most recently created and is restored with its state."""
-    _check(cfg, seq_len, batch_size, process_index, process_count)
+    _check_arguments(seq_len, batch_size, process_index, process_count)
     examples, stats = example_dataset(
         cfg, tokenizer, seq_len=seq_len, seed=seed, process_index=process_index, process_count=process_count
     )

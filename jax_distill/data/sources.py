@@ -19,6 +19,7 @@ import numpy as np
 
 from jax_distill.data.chat import DataError
 
+FORMATS = ("auto", "jsonl", "parquet")  # data.format: auto = by file suffix
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 _REMOTE: dict[str, str] = {}  # local cache path -> the gs:// name reports should show
@@ -34,19 +35,21 @@ def _is_record_file(name: str) -> bool:
     return name.endswith(RECORD_SUFFIXES) and not name.endswith(SIDECAR_SUFFIXES)
 
 
-def resolve_files(spec: str, fmt: str = "auto") -> list[str]:
-    """Files named by `spec`: comma-separated paths, globs or directories (local or gs://), sorted."""
+def local_matches(part: str) -> list[str]:
+    """The local files one data.path entry names, sorted: a directory's record files, a glob's matches,
+    or the file itself ([] when nothing matches)."""
+    if os.path.isdir(part):
+        return sorted(str(p) for p in Path(part).iterdir() if _is_record_file(p.name) and p.is_file())
+    if glob.has_magic(part):
+        return sorted(glob.glob(part, recursive=True))
+    return [part] if os.path.exists(part) else []
+
+
+def resolve_files(paths: str | tuple[str, ...], fmt: str = "auto") -> list[str]:
+    """Files named by `paths`: one path, glob or directory, or a tuple of them (local or gs://)."""
     files: list[str] = []
-    for part in [p.strip() for p in str(spec).split(",") if p.strip()]:
-        if part.startswith("gs://"):
-            files.extend(_gcs_files(part))
-            continue
-        if os.path.isdir(part):
-            found = sorted(str(p) for p in Path(part).iterdir() if _is_record_file(p.name) and p.is_file())
-        elif glob.has_magic(part):
-            found = sorted(glob.glob(part, recursive=True))
-        else:
-            found = [part] if os.path.exists(part) else []
+    for part in (paths,) if isinstance(paths, str) else tuple(paths):
+        found = _gcs_files(part) if part.startswith("gs://") else local_matches(part)
         if not found:
             raise DataError(f"data.path: nothing matches {part!r}")
         files.extend(found)
@@ -87,7 +90,7 @@ def _format_of(path: str, fmt: str) -> str | None:
     if fmt in ("jsonl", "parquet"):
         return fmt
     if fmt != "auto":
-        raise DataError(f"data.format must be auto|jsonl|parquet, got {fmt!r}")
+        raise DataError(f"data.format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     low = path.lower()
     if low.endswith(JSONL_SUFFIXES):
         return "jsonl"

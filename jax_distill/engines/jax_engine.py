@@ -145,6 +145,6 @@ def from_config(cfg) -> JaxEngine:
         mesh={"data": -1, "fsdp": 1, "tensor": get("tensor_parallel_size", 1) or 1},
         tokenizer=get("tokenizer", "") or "",
         batch_size=get("batch_size", 32) or 32,
-        chat=chat_config(template_kwargs=ConfigDict(kwargs)),
+        chat=chat_config(template_kwargs=json.dumps(kwargs)),
         reasoning=get("reasoning", "") or "",
     )

@@ -1,14 +1,24 @@
-"""The training config: every field once, with its meaning. configs/train/*.py start from `base_config()`.
+"""The training config: every field once, with its meaning, and the one `validate` that checks them.
 
-Sections: meta (labels for reports), model, method + lora, optim, train, mesh, checkpoint, export,
-data (jax_distill.data.data_config()). `validate` checks values that a type check cannot.
+Sections: meta (labels for reports), model, method + lora (declared by training.lora.LoRAConfig), optim,
+train, mesh, checkpoint, export, data (declared and checked by jax_distill.data). Config files under
+configs/train/ start from `default_config()`; `validate` names the first bad field before any work.
 """
 
 from __future__ import annotations
 
+import re
+
 from ml_collections import ConfigDict
 
-from jax_distill.training.lora import DEFAULT_TARGETS
+from jax_distill import checks
+from jax_distill.training.lora import LoRAConfig
+
+METHODS = ("lora", "full")
+REMAT = ("none", "full", "dots")
+OPTIMIZERS = ("adamw", "adamw_8bit")
+DTYPES = ("float32", "bfloat16", "float16")
+MESH_AXES = ("data", "fsdp", "tensor")
 
 
 def tiny_model() -> ConfigDict:
@@ -32,7 +42,7 @@ def tiny_model() -> ConfigDict:
     )
 
 
-def base_config() -> ConfigDict:
+def default_config() -> ConfigDict:
     from jax_distill.data import data_config
 
     c = ConfigDict()
@@ -51,28 +61,24 @@ def base_config() -> ConfigDict:
     c.model.seed = 0  # random init of model.hf students
 
     c.method = "lora"  # lora | full
-    c.lora = ConfigDict()
-    c.lora.rank = 64
-    c.lora.alpha = 32.0
-    c.lora.dropout = 0.05
-    c.lora.targets = DEFAULT_TARGETS  # regex over parameter paths such as "layers/q_proj"
+    c.lora = LoRAConfig.as_config()  # rank, alpha, dropout, targets: see LoRAConfig
 
     c.optim = ConfigDict()
     c.optim.name = "adamw_8bit"  # adamw | adamw_8bit (block-quantized moments, as the paper)
-    c.optim.lr = 1e-4
+    c.optim.lr = 1e-4  # peak learning rate
     c.optim.warmup_frac = 0.1  # linear warmup over this fraction of the steps, then cosine
     c.optim.final_lr_frac = 0.0  # cosine ends at final_lr_frac * lr
-    c.optim.b1 = 0.9
-    c.optim.b2 = 0.999
-    c.optim.eps = 1e-8
-    c.optim.weight_decay = 0.0
+    c.optim.b1 = 0.9  # Adam first-moment decay
+    c.optim.b2 = 0.999  # Adam second-moment decay
+    c.optim.eps = 1e-8  # Adam denominator epsilon
+    c.optim.weight_decay = 0.0  # decoupled (AdamW) weight decay
     c.optim.clip_norm = 1.0  # global-norm gradient clipping; 0 = off
     c.optim.min_8bit_size = 4096  # adamw_8bit keeps smaller tensors' moments in fp32
 
     c.train = ConfigDict()
     c.train.run_dir = ""  # local: metrics.jsonl, tensorboard/, train_summary.json, export/
     c.train.tokenizer = ""  # tokenizer folder; "" = model.path
-    c.train.seq_len = 16384
+    c.train.seq_len = 16384  # tokens per packed row
     c.train.batch_size = 64  # global sequences per optimizer step (split over hosts and devices)
     c.train.grad_accum = 1  # microbatches per step (scan); batch_size must divide by it
     c.train.loss_chunk = 2048  # sequence chunk for vocab projection + cross-entropy (memory); 0 = whole row
@@ -87,82 +93,91 @@ def base_config() -> ConfigDict:
     c.checkpoint.dir = ""  # local or gs://bucket/path; "" = <run_dir>/checkpoints
     c.checkpoint.every = 500  # async save every N steps (also at the end and on SIGTERM); 0 = end only
     c.checkpoint.keep = 3  # keep the last K
-    c.checkpoint.async_save = True
+    c.checkpoint.async_save = True  # write arrays while training continues
 
     c.export = ConfigDict()
     c.export.dir = ""  # "" = <run_dir>/export; hf/ (LoRA merged) and peft/ (LoRA mode)
-    c.export.hf = True
-    c.export.peft = True
-    c.export.dtype = "bfloat16"
+    c.export.hf = True  # a Hugging Face folder with the adapters merged
+    c.export.peft = True  # LoRA mode: also a PEFT adapter folder
+    c.export.dtype = "bfloat16"  # dtype of the exported weights
 
     c.data = data_config()
     return c
 
 
 def validate(c: ConfigDict) -> None:
-    """Value errors a type check cannot catch, each naming its field."""
+    """Every field's type, range and choice, and the local paths that must exist, each error naming its
+    field (checks.ConfigError, a ValueError); the data section through jax_distill.data.validate."""
+    from jax_distill.data import validate as validate_data
 
-    def need(ok: bool, field: str, msg: str):
-        if not ok:
-            raise ValueError(f"config.{field}: {msg}")
+    checks.one_of(c, "method", METHODS)
+    for field in ("meta.name", "meta.teacher", "meta.student", "meta.variant"):
+        checks.is_type(c, field, str)
 
-    need(c.method in ("lora", "full"), "method", f"must be lora or full, got {c.method!r}")
-    need(bool(c.train.run_dir), "train.run_dir", "must be set (metrics, summary and exports go there)")
-    need(bool(c.model.path) or bool(c.train.tokenizer), "train.tokenizer", "needed when model.path is empty")
-    need(c.train.seq_len >= 2, "train.seq_len", "must be >= 2")
-    need(c.train.batch_size >= 1, "train.batch_size", "must be >= 1")
-    need(c.train.grad_accum >= 1 and c.train.batch_size % c.train.grad_accum == 0, "train.grad_accum",
-         f"must divide train.batch_size ({c.train.batch_size})")
-    need(c.train.loss_chunk == 0 or c.train.seq_len % c.train.loss_chunk == 0, "train.loss_chunk",
-         f"must divide train.seq_len ({c.train.seq_len}) or be 0")
-    need(c.model.remat in ("none", "full", "dots"), "model.remat", "must be none, full or dots")
-    need(c.optim.name in ("adamw", "adamw_8bit"), "optim.name", f"must be adamw or adamw_8bit, got {c.optim.name!r}")
-    need(0.0 <= c.optim.warmup_frac < 1.0, "optim.warmup_frac", "must be in [0, 1)")
+    checks.exists(c, "model.path", what="HF folder", allow_empty=True)
+    checks.is_type(c, "model.hf", ConfigDict)
+    checks.one_of(c, "model.param_dtype", DTYPES)
+    checks.one_of(c, "model.compute_dtype", DTYPES)
+    checks.one_of(c, "model.remat", REMAT)
+    _count(c, "model.seed", 0)
+
     if c.method == "lora":
-        need(c.lora.rank >= 1, "lora.rank", "must be >= 1")
-        need(0.0 <= c.lora.dropout < 1.0, "lora.dropout", "must be in [0, 1)")
+        _count(c, "lora.rank", 1)
+        checks.positive(c, "lora.alpha")
+        checks.in_range(c, "lora.dropout", 0.0, 1.0)
+        checks.is_type(c, "lora.targets", str)
+        try:
+            re.compile(c.lora.targets)
+        except re.error as e:
+            checks.need(False, "lora.targets", f"not a regular expression ({e}): {c.lora.targets!r}")
+
+    checks.one_of(c, "optim.name", OPTIMIZERS)
+    checks.positive(c, "optim.lr")
+    checks.in_range(c, "optim.warmup_frac", 0.0, 1.0)
+    checks.in_range(c, "optim.final_lr_frac", 0.0, 1.0, closed=True)
+    checks.in_range(c, "optim.b1", 0.0, 1.0)
+    checks.in_range(c, "optim.b2", 0.0, 1.0)
+    checks.positive(c, "optim.eps")
+    checks.at_least(c, "optim.weight_decay", 0.0)
+    checks.at_least(c, "optim.clip_norm", 0.0)
+    _count(c, "optim.min_8bit_size", 0)
+
+    t = c.train
+    checks.is_type(c, "train.run_dir", str)
+    checks.need(bool(t.run_dir), "train.run_dir", "must be set (metrics, summary and exports go there)")
+    checks.need(bool(c.model.path) or bool(t.tokenizer), "train.tokenizer", "needed when model.path is empty")
+    checks.exists(c, "train.tokenizer", what="tokenizer folder", allow_empty=True)
+    _count(c, "train.seq_len", 2)
+    _count(c, "train.batch_size", 1)
+    _count(c, "train.grad_accum", 1)
+    checks.need(t.batch_size % t.grad_accum == 0, "train.grad_accum", f"must divide train.batch_size ({t.batch_size})")
+    _count(c, "train.loss_chunk", 0)
+    checks.need(t.loss_chunk == 0 or t.seq_len % t.loss_chunk == 0, "train.loss_chunk",
+                f"must divide train.seq_len ({t.seq_len}) or be 0")
+    _count(c, "train.steps", 0)
+    _count(c, "train.seed", 0)
+    _count(c, "train.log_every", 1)
+    checks.at_least(c, "train.peak_flops", 0.0)
+
+    for axis in MESH_AXES:
+        checks.is_type(c, f"mesh.{axis}", int)
+        checks.need(c.mesh[axis] >= 1 or c.mesh[axis] == -1, f"mesh.{axis}", f"must be >= 1 or -1; got {c.mesh[axis]}")
+    checks.need([c.mesh[a] for a in MESH_AXES].count(-1) <= 1, "mesh", "at most one size may be -1 (the rest)")
+
+    checks.is_type(c, "checkpoint.dir", str)
+    _count(c, "checkpoint.every", 0)
+    _count(c, "checkpoint.keep", 1)
+    checks.is_type(c, "checkpoint.async_save", bool)
+
+    checks.is_type(c, "export.dir", str)
+    checks.is_type(c, "export.hf", bool)
+    checks.is_type(c, "export.peft", bool)
+    checks.one_of(c, "export.dtype", DTYPES)
+
+    validate_data(c.data)
 
 
-# The paper's students (../shared/PAPER.md): HF name, and whether full fine-tuning needs FSDP + remat.
-PAPER_STUDENTS = {
-    "qwen3.5-0.8b": ("Qwen/Qwen3.5-0.8B-Base", False),
-    "qwen3.5-9b": ("Qwen/Qwen3.5-9B-Base", True),
-    "llama-3.1-8b": ("meta-llama/Llama-3.1-8B", True),
-    "gpt-oss-20b": ("openai/gpt-oss-20b", True),
-}
-
-
-def paper_config(student: str, method: str) -> ConfigDict:
-    """The paper's recipe for one student and method. LoRA: r=64, alpha=32, dropout 0.05 on all attention
-    and MLP projections, lr 1e-4; full: lr 2e-5 (FSDP + activation checkpointing for the 8-20B students).
-    Both: cosine with 10% warmup, one epoch, 8-bit AdamW. Unknown in the paper, our defaults: global batch
-    64 x 16k-token packed rows, bf16 compute, fp32 master weights (the frozen LoRA base is kept in bf16).
-    Set model.path to a local or gs:// copy of the student (hub names resolve only with a hub)."""
-    hf_name, large = PAPER_STUDENTS[student]
-    c = base_config()
-    c.meta.student = student
-    c.meta.name = f"{student}-{method}"
-    c.model.path = hf_name
-    c.method = method
-    c.optim.name = "adamw_8bit"
-    c.optim.warmup_frac = 0.1
-    c.train.steps = 0
-    c.data.num_epochs = 1
-    c.train.seq_len = 16384
-    c.train.batch_size = 64
-    c.checkpoint.every = 200
-    if method == "lora":
-        c.lora.rank, c.lora.alpha, c.lora.dropout = 64, 32.0, 0.05
-        c.optim.lr = 1e-4
-        c.model.param_dtype = "bfloat16"  # frozen base; adapters and their optimizer state stay fp32
-    else:
-        c.optim.lr = 2e-5
-        c.export.peft = False
-    if large:
-        c.mesh.data, c.mesh.fsdp = 1, -1
-        c.model.remat = "full"
-        c.train.grad_accum = 8
-    else:
-        c.model.remat = "dots"
-        c.train.grad_accum = 4
-    return c
+def _count(c: ConfigDict, field: str, low: int) -> None:
+    """An integer field that must be >= low."""
+    checks.is_type(c, field, int)
+    checks.at_least(c, field, low)

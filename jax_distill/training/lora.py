@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from ml_collections import ConfigDict
 
 from jax_distill.models.layers import Adapted, LoRA, ParamSpec, weight
 
@@ -30,10 +31,21 @@ DEFAULT_TARGETS = r"(^|/)(q|k|v|o|gate|up|down)_proj$"
 
 @dataclasses.dataclass(frozen=True)
 class LoRAConfig:
-    rank: int = 64
-    alpha: float = 32.0
-    dropout: float = 0.05
-    targets: str = DEFAULT_TARGETS  # regex searched in "/"-joined parameter paths
+    """The adapter recipe, declared once: the training config's `lora` section is built from these
+    fields and defaults (`as_config`) and read back with `from_config`."""
+
+    rank: int = 64  # r: adapter width
+    alpha: float = 32.0  # adapter output scaled by alpha / rank
+    dropout: float = 0.05  # on the adapter input, training only
+    targets: str = DEFAULT_TARGETS  # regex searched in "/"-joined parameter paths such as "layers/q_proj"
+
+    @classmethod
+    def as_config(cls) -> ConfigDict:
+        return ConfigDict(dataclasses.asdict(cls()))
+
+    @classmethod
+    def from_config(cls, cfg: ConfigDict) -> LoRAConfig:
+        return cls(**{f.name: cfg[f.name] for f in dataclasses.fields(cls)})
 
     @property
     def scale(self) -> float:

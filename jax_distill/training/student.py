@@ -40,7 +40,7 @@ def load(model_cfg: ConfigDict, method: str, lora_cfg: ConfigDict, rules: Shardi
     specs = model.module.param_specs(model.config)
     lcfg = None
     if method == "lora":
-        lcfg = lora.LoRAConfig(lora_cfg.rank, float(lora_cfg.alpha), float(lora_cfg.dropout), lora_cfg.targets)
+        lcfg = lora.LoRAConfig.from_config(lora_cfg)
         adapted = lora.adapted_specs(specs, lcfg)
         shardings = tree_shardings(adapted, rules)
         params = lora.apply(model.params, specs, lcfg, jax.random.key(seed), shardings)
