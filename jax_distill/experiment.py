@@ -24,6 +24,8 @@ shared `train` template; `method_overrides.<method>` then applies to either.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import itertools
 import logging
 import time
 from pathlib import Path
@@ -33,6 +35,7 @@ from ml_collections import ConfigDict
 
 from jax_distill import checks
 from jax_distill.cli import set_fields
+from jax_distill.cost import CHIPS
 
 log = logging.getLogger("jax_distill.experiment")
 
@@ -55,6 +58,19 @@ def default_config() -> ConfigDict:
     c.students = ConfigDict()  # name -> {path: HF folder or "" to build a tiny one, tiny: build_student kwargs}
     c.methods = ("lora", "full")  # lora | full
     c.variants = ("raw",)  # raw | compressed:<compressor> | truncated:<compressor> | answer_only
+    # Which training runs (cells: teacher x student x method x variant). Empty grids and cells: the full
+    # product of teachers, students, methods and variants. Otherwise the union, in order, of each grid's
+    # product (grids.<name> = {teachers, students, methods, variants}; "*" = all of that axis) and of the
+    # explicit cells ("teacher/student/method/variant").
+    c.grids = ConfigDict()
+    c.cells = ()
+    c.cost = ConfigDict(dict(
+        chip="h100",  # the cost plan's accelerator: h100 | h200 | v5e | v5p | v6e (peak table: cost.py)
+        mfu=0.4,  # model FLOPs utilisation the plan assumes
+        train_examples=0,  # kept traces per teacher, for estimates before traces exist
+                           # (0 = synthetic problems x (1 - eval_fraction) x samples per question)
+        chars_per_token=4.0,  # converts characters to tokens where a record has no student token count
+    ))
     c.train = ConfigDict()  # train-stage template for students without a recipe
     c.train_recipes = ConfigDict()  # student -> method -> train-stage config (the paper's per-student recipes)
     c.method_overrides = ConfigDict()  # method -> nested fields applied on top of the recipe or template
@@ -78,11 +94,71 @@ def validate(c: ConfigDict) -> None:
     checks.is_type(c, "variants", (tuple, list))
     checks.need(bool(c.variants), "variants", "must name at least one variant")
     for v in c.variants:
-        kind, _, comp = v.partition(":")
-        ok = kind in VARIANT_KINDS and bool(comp) == (kind in ("compressed", "truncated"))
-        checks.need(ok, "variants", f"unknown variant {v!r} (raw, compressed:X, truncated:X, answer_only)")
-        checks.need(not comp or comp in c.compressors, "variants",
-                    f"{v!r} names no compressor in config.compressors {sorted(c.compressors)}")
+        _check_variant(c, "variants", v)
+    checks.is_type(c, "cells", (tuple, list))
+    for name, grid in c.grids.items():
+        for axis in ("teachers", "students", "methods", "variants"):
+            checks.need(axis in grid, f"grids.{name}", f"must name {axis} (a tuple; '*' = all)")
+    cells(c)  # every grid entry and cell names something the config declares
+    checks.one_of(c, "cost.chip", tuple(CHIPS))
+    checks.in_range(c, "cost.mfu", 0.0, 1.0, closed=True)
+    checks.positive(c, "cost.mfu")
+    checks.at_least(c, "cost.train_examples", 0)
+    checks.positive(c, "cost.chars_per_token")
+
+
+def _check_variant(c: ConfigDict, field: str, v: str) -> None:
+    kind, _, comp = v.partition(":")
+    ok = kind in VARIANT_KINDS and bool(comp) == (kind in ("compressed", "truncated"))
+    checks.need(ok, field, f"unknown variant {v!r} (raw, compressed:X, truncated:X, answer_only)")
+    checks.need(not comp or comp in c.compressors, field,
+                f"{v!r} names no compressor in config.compressors {sorted(c.compressors)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One training run of the grid."""
+
+    teacher: str
+    student: str
+    method: str
+    variant: str  # raw | compressed:<c> | truncated:<c> | answer_only
+
+    def __str__(self) -> str:
+        return f"{self.teacher}/{self.student}/{self.method}/{self.variant}"
+
+
+def cells(c: ConfigDict) -> list[Cell]:
+    """The training runs an experiment config names (see the `grids` and `cells` fields), in order,
+    without repeats; raises naming the field when an entry names an unknown teacher, student, method
+    or variant."""
+    axes = {"teachers": tuple(c.teachers), "students": tuple(c.students), "methods": ("lora", "full")}
+    grids = {name: g for name, g in c.grids.items()}
+    if not grids and not c.cells:
+        grids = {"": ConfigDict(dict(teachers=("*",), students=("*",), methods=tuple(c.methods),
+                                     variants=tuple(c.variants)))}
+    out: dict[Cell, None] = {}
+    for name, grid in grids.items():
+        field = f"grids.{name}" if name else "variants"
+        chosen = {}
+        for axis in ("teachers", "students", "methods"):
+            values = tuple(grid[axis])
+            chosen[axis] = axes[axis] if values == ("*",) else values
+            unknown = [v for v in chosen[axis] if v not in axes[axis]]
+            checks.need(not unknown, f"{field}.{axis}" if name else axis, f"unknown {axis} {unknown}; known: {axes[axis]}")
+        for v in grid.variants:
+            _check_variant(c, f"{field}.variants" if name else "variants", v)
+        for t, s, m, v in itertools.product(chosen["teachers"], chosen["students"], chosen["methods"], grid.variants):
+            out[Cell(t, s, m, v)] = None
+    for spec in c.cells:
+        parts = spec.split("/")
+        checks.need(len(parts) == 4, "cells", f"{spec!r} must be teacher/student/method/variant")
+        t, s, m, v = parts
+        for axis, value in zip(("teachers", "students", "methods"), (t, s, m)):
+            checks.need(value in axes[axis], "cells", f"{spec!r}: unknown {axis[:-1]} {value!r}; known: {axes[axis]}")
+        _check_variant(c, "cells", v)
+        out[Cell(t, s, m, v)] = None
+    return list(out)
 
 
 def variant_label(variant: str) -> str:
@@ -116,15 +192,16 @@ def _merge(cfg: ConfigDict, overrides: ConfigDict) -> ConfigDict:
 
 
 class Runner:
-    """Runs (or plans) the stages of one experiment config in order."""
+    """Runs (or plans) the stages of one experiment config in order, for the cells it names."""
 
     def __init__(self, config: ConfigDict):
+        validate(config)
         self.config = config
         self.work = Path(config.workdir)
-        validate(config)
         self.stages = set(config.stages)
+        self.cells = cells(config)
         self.plan: list[str] = []
-        self.variants = tuple(config.variants)
+        self.costs: list[dict] = []
 
     def stage(self, name: str, cfg: ConfigDict, out: Path, fn: Callable[[ConfigDict], Any]) -> Any:
         """Record the stage's config beside its output, then run it (or only plan it)."""
@@ -144,13 +221,13 @@ class Runner:
     # ------------------------------------------------------------------------- traces
 
     def generate(self) -> dict[str, Path]:
-        """Raw traces per teacher."""
+        """Raw traces per teacher that some cell trains on."""
         from jax_distill.traces import generate
 
         raw_dirs = {}
-        for teacher, template in self.config.teachers.items():
+        for teacher in dict.fromkeys(cell.teacher for cell in self.cells):
             raw = self.work / "traces" / teacher / "raw"
-            cfg = _derive(template, out_dir=str(raw), problems=copy.deepcopy(self.config.problems))
+            cfg = _derive(self.config.teachers[teacher], out_dir=str(raw), problems=copy.deepcopy(self.config.problems))
             self.stage("generate", cfg, raw, generate.run)
             raw_dirs[teacher] = raw
         return raw_dirs
@@ -161,7 +238,8 @@ class Runner:
         from jax_distill.traces.store import read_records
 
         out = {}
-        for name, spec in self.config.students.items():
+        for name in dict.fromkeys(cell.student for cell in self.cells):
+            spec = self.config.students[name]
             if spec.path:
                 out[name] = spec.path
                 continue
@@ -177,89 +255,86 @@ class Runner:
         return out
 
     def compress(self, raw_dirs: dict[str, Path], students: dict[str, Path]) -> dict[str, dict[str, Path]]:
-        """Per teacher: raw dir and one dir per compressor (rho in the first student's tokens)."""
+        """Per teacher: raw dir and one dir per compressor that a cell uses (compressed or truncated)."""
         from jax_distill.traces import compress
 
         first_student = str(next(iter(students.values()))) if students else ""
-        dirs: dict[str, dict[str, Path]] = {}
-        for teacher, raw in raw_dirs.items():
-            dirs[teacher] = {"raw": raw}
-            for comp_name, template in self.config.compressors.items():
-                out = self.work / "traces" / teacher / f"compressed-{comp_name}"
-                cfg = _derive(template, in_dir=str(raw), out_dir=str(out),
-                              student_tokenizer=template.student_tokenizer or first_student,
-                              **{"compressor.name": template.compressor.name or comp_name})
-                self.stage("compress", cfg, out, compress.run)
-                dirs[teacher][comp_name] = out
+        dirs: dict[str, dict[str, Path]] = {teacher: {"raw": raw} for teacher, raw in raw_dirs.items()}
+        used = dict.fromkeys((cell.teacher, cell.variant.partition(":")[2]) for cell in self.cells if ":" in cell.variant)
+        for teacher, comp_name in used:
+            template = self.config.compressors[comp_name]
+            out = self.work / "traces" / teacher / f"compressed-{comp_name}"
+            cfg = _derive(template, in_dir=str(raw_dirs[teacher]), out_dir=str(out),
+                          student_tokenizer=template.student_tokenizer or first_student,
+                          **{"compressor.name": template.compressor.name or comp_name})
+            self.stage("compress", cfg, out, compress.run)
+            dirs[teacher][comp_name] = out
         return dirs
 
     def ablations(self, trace_dirs, students) -> dict[tuple[str, str, str], Path]:
-        """Truncated (per compressor) and answer-only records, in each student's tokens."""
+        """Truncated (per compressor) and answer-only records a cell trains on, in its student's tokens."""
         from jax_distill.traces import truncate
 
-        variants = self.variants
-        wanted = {v.partition(":")[2] for v in variants if v.startswith("truncated:")}
         out = {}
-        for teacher, dirs in trace_dirs.items():
-            for student, folder in students.items():
-                base = self.work / "traces" / teacher / student
-                for comp in sorted(wanted):
-                    d = base / f"truncated-{comp}"
-                    cfg = _derive(self.config.truncate, raw_dir=str(dirs["raw"]), compressed_dir=str(dirs[comp]),
-                                  out_dir=str(d), variants="truncated", student_tokenizer=str(folder))
-                    self.stage("truncate", cfg, d, truncate.run)
-                    out[(teacher, student, f"truncated:{comp}")] = d
-                if "answer_only" in variants:
-                    d = base / "answer-only"
-                    cfg = _derive(self.config.truncate, raw_dir=str(dirs["raw"]), compressed_dir="",
-                                  out_dir=str(d), variants="answer_only", student_tokenizer=str(folder))
-                    self.stage("truncate", cfg, d, truncate.run)
-                    out[(teacher, student, "answer_only")] = d
+        wanted = dict.fromkeys((c.teacher, c.student, c.variant) for c in self.cells
+                               if c.variant == "answer_only" or c.variant.startswith("truncated:"))
+        for teacher, student, variant in wanted:
+            raw = str(trace_dirs[teacher]["raw"])
+            base = self.work / "traces" / teacher / student
+            if variant == "answer_only":
+                d, fields = base / "answer-only", dict(compressed_dir="", variants="answer_only")
+            else:
+                comp = variant.partition(":")[2]
+                d, fields = base / f"truncated-{comp}", dict(compressed_dir=str(trace_dirs[teacher][comp]), variants="truncated")
+            cfg = _derive(self.config.truncate, raw_dir=raw, out_dir=str(d), student_tokenizer=str(students[student]), **fields)
+            self.stage("truncate", cfg, d, truncate.run)
+            out[(teacher, student, variant)] = d
         return out
 
     # ------------------------------------------------------------------------- grid
 
     @staticmethod
-    def data_dir(variant: str, teacher: str, student: str, trace_dirs, ablation_dirs) -> Path:
-        kind, _, comp = variant.partition(":")
+    def data_dir(cell: Cell, trace_dirs, ablation_dirs) -> Path:
+        kind, _, comp = cell.variant.partition(":")
         if kind == "raw":
-            return trace_dirs[teacher]["raw"]
+            return trace_dirs[cell.teacher]["raw"]
         if kind == "compressed":
-            return trace_dirs[teacher][comp]
-        return ablation_dirs[(teacher, student, variant)]
+            return trace_dirs[cell.teacher][comp]
+        return ablation_dirs[(cell.teacher, cell.student, cell.variant)]
+
+    def train_config(self, cell: Cell, folder: Path, run_dir: Path, data: Path) -> ConfigDict:
+        label = variant_label(cell.variant)
+        recipe = self.config.train_recipes.get(cell.student, {}).get(cell.method)
+        cfg = _derive(
+            recipe if recipe is not None else self.config.train,
+            **{"model.path": str(folder), "method": cell.method, "train.run_dir": str(run_dir),
+               "data.path": str(data), "meta.teacher": cell.teacher, "meta.student": cell.student,
+               "meta.variant": label, "meta.name": f"{cell.teacher}/{cell.student}/{cell.method}/{label}"},
+        )
+        if cell.method in self.config.method_overrides:
+            cfg = _merge(cfg, self.config.method_overrides[cell.method])
+        return cfg
 
     def grid(self, trace_dirs, students, ablation_dirs) -> list[Path]:
         from jax_distill import evaluate, train
 
-        methods = tuple(self.config.methods)
-        variants = self.variants
         run_dirs = []
-        for teacher in self.config.teachers.keys():
-            for student, folder in students.items():
-                for method in methods:
-                    for variant in variants:
-                        label = variant_label(variant)
-                        run_dir = self.work / "runs" / teacher / student / method / label
-                        run_dirs.append(run_dir)
-                        data = self.data_dir(variant, teacher, student, trace_dirs, ablation_dirs)
-                        recipe = self.config.train_recipes.get(student, {}).get(method)
-                        cfg = _derive(
-                            recipe if recipe is not None else self.config.train,
-                            **{"model.path": str(folder), "method": method, "train.run_dir": str(run_dir),
-                               "data.path": str(data), "meta.teacher": teacher, "meta.student": student,
-                               "meta.variant": label, "meta.name": f"{teacher}/{student}/{method}/{label}"},
-                        )
-                        if method in self.config.method_overrides:
-                            cfg = _merge(cfg, self.config.method_overrides[method])
-                        if not (run_dir / "train_summary.json").exists():  # written only when training ended
-                            self.stage("train", cfg, run_dir, train.run)
-                        else:
-                            self.plan.append(f"# {run_dir}: trained")
-                        eval_dir = run_dir / "eval"
-                        ev = _derive(self.config.eval, checkpoint=str(run_dir / "export" / "hf"),
-                                     output_dir=str(eval_dir), problems=copy.deepcopy(self.config.problems))
-                        if not (eval_dir / "eval_results.json").exists():
-                            self.stage("evaluate", ev, eval_dir, evaluate.run)
+        for cell in self.cells:
+            run_dir = self.work / "runs" / cell.teacher / cell.student / cell.method / variant_label(cell.variant)
+            run_dirs.append(run_dir)
+            data = self.data_dir(cell, trace_dirs, ablation_dirs)
+            cfg = self.train_config(cell, students[cell.student], run_dir, data)
+            if self.config.plan_only:
+                self.costs.append(self.cost(cell, cfg, data))
+            if not (run_dir / "train_summary.json").exists():  # written only when training ended
+                self.stage("train", cfg, run_dir, train.run)
+            else:
+                self.plan.append(f"# {run_dir}: trained")
+            eval_dir = run_dir / "eval"
+            ev = _derive(self.config.eval, checkpoint=str(run_dir / "export" / "hf"),
+                         output_dir=str(eval_dir), problems=copy.deepcopy(self.config.problems))
+            if not (eval_dir / "eval_results.json").exists():
+                self.stage("evaluate", ev, eval_dir, evaluate.run)
         return run_dirs
 
     def report(self, run_dirs: list[Path]) -> dict | None:
@@ -270,9 +345,66 @@ class Runner:
         cfg = _derive(self.config.report, runs=",".join(str(d) for d in run_dirs), output_dir=str(out))
         return self.stage("report", cfg, out, report.run)
 
+    # ------------------------------------------------------------------------- cost plan
+
+    def cost(self, cell: Cell, train_cfg: ConfigDict, data: Path) -> dict:
+        """Tokens, FLOPs and chip-hours of one run (see jax_distill/cost.py for the model)."""
+        from jax_distill import cost
+
+        tokens, source = self.train_tokens(cell, train_cfg, data)
+        spec = self.config.students[cell.student]
+        if not spec.path and not (Path(train_cfg.model.path) / "config.json").exists():  # tiny, not built yet
+            from jax_distill.models.tiny import student_config
+
+            shape = {k: v for k, v in spec.tiny.items() if k != "seed"}
+            size = cost.size_of(shape.get("family", "qwen3"), student_config(**shape), "tiny config")
+        else:
+            size = cost.model_size(train_cfg.model.path)
+        row = cost.run_cost(size, cell.method, tokens, train_cfg.train.seq_len, self.config.cost.chip, self.config.cost.mfu)
+        return {"cell": str(cell), "tokens_from": source, **row}
+
+    def train_tokens(self, cell: Cell, train_cfg: ConfigDict, data: Path) -> tuple[float, str]:
+        """Tokens the run trains on: fixed steps x batch x seq_len; else the finished trace records
+        (their student token counts, characters / chars_per_token where a count is missing) times the
+        epochs; else an estimate from the teacher and problems configs (stated in its label)."""
+        from jax_distill.traces.store import read_records
+
+        t, cpt = train_cfg.train, self.config.cost.chars_per_token
+        if t.steps > 0:
+            return float(t.steps * t.batch_size * t.seq_len), "train.steps"
+        epochs = max(train_cfg.data.num_epochs, 1)
+        if data.is_dir() and any(data.glob("*.done.json")):
+            total = 0.0
+            for r in read_records(str(data)):
+                trace = r["meta"].get("student_tokens")
+                total += (trace if trace is not None else len(r["trace"]) / cpt) + (len(r["question"]) + len(r["answer"])) / cpt
+            return total * epochs, "traces"
+        teacher = self.config.teachers[cell.teacher]
+        examples = self.config.cost.train_examples
+        if not examples:
+            checks.need("synthetic" in tuple(checks.as_list(self.config.problems.sources)), "cost.train_examples",
+                        "must be set for a cost estimate before traces exist (kept traces per teacher)")
+            p = self.config.problems
+            examples = round(p.synthetic.num * (1 - p.eval_fraction)) * teacher.sampling.n
+        # before any trace exists: half the teacher's completion budget per kept sample, the paper's mean
+        # compression ratio (0.15) for compressed and truncated traces, 150 tokens of question and answer
+        trace = teacher.sampling.max_tokens / 2 * {"raw": 1.0, "answer_only": 0.0}.get(cell.variant.partition(":")[0], 0.15)
+        return float(examples * (trace + 150) * epochs), "estimate"
+
+    def cost_table(self) -> str:
+        from jax_distill import records
+
+        chip, mfu = self.config.cost.chip, self.config.cost.mfu
+        rows = [dict(r) for r in self.costs]
+        rows.append({"cell": f"total ({len(rows)} runs)", "tokens_from": "",
+                     **{k: sum(r[k] for r in self.costs) for k in ("tokens", "flops", "chip_hours")}})
+        fmt = lambda col, v: "" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
+        head = f"cost plan: {chip} at {mfu:.0%} MFU (FLOPs: 6N/token full, 4N LoRA, + attention; jax_distill/cost.py)\n"
+        return head + records.markdown_table(rows, ["cell", "tokens", "tokens_from", "flops", "chip_hours"], fmt)
+
 
 def run(config: ConfigDict) -> dict:
-    """Run (or plan) the experiment; returns the run directories, the report paths and the plan."""
+    """Run (or plan) the experiment; returns the run directories, the report paths, the plan and costs."""
     runner = Runner(config)
     raw_dirs = runner.generate()
     students = runner.students(raw_dirs)
@@ -282,11 +414,12 @@ def run(config: ConfigDict) -> dict:
     report = runner.report(run_dirs)
     if config.plan_only:
         print("\n".join(runner.plan))
-    return {"runs": [str(d) for d in run_dirs], "report": report, "plan": runner.plan}
+        print(runner.cost_table())
+    return {"runs": [str(d) for d in run_dirs], "report": report, "plan": runner.plan, "costs": runner.costs}
 
 
 if __name__ == "__main__":
     from jax_distill.cli import run_stage
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    run_stage(run)
+    run_stage(run, default_config)

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from ml_collections import ConfigDict
 
 from jax_distill import experiment
 from jax_distill.cli import load_config
@@ -87,3 +88,59 @@ def test_plan_only_prints_one_command_per_stage(tmp_path, capsys):
 def test_unknown_variant_is_named(tmp_path):
     with pytest.raises(ValueError, match="unknown variant 'distilled'"):
         experiment.run(miniature(tmp_path, variants="raw,distilled", stages="train"))
+
+
+def test_paper_plan_has_exactly_the_documented_runs(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("paper_experiment", "configs/experiment/paper.py")
+    paper = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(paper)
+    cfg = load_config("configs/experiment/paper.py", {"workdir": str(tmp_path), "plan_only": True})
+    result = experiment.run(cfg)
+    trains = [p for p in result["plan"] if "jax_distill.train " in p]
+    assert len(trains) == 56 == len(result["costs"])
+    kinds = {}
+    for row in result["costs"]:
+        variant = row["cell"].split("/")[-1]
+        kinds[variant] = kinds.get(variant, 0) + 1
+    assert kinds == {"raw": 16, "compressed:llama": 16, "compressed:ministral": 16, "truncated:llama": 7, "answer_only": 1}
+    truncation = [r["cell"] for r in result["costs"] if "truncated" in r["cell"] or "answer_only" in r["cell"]]
+    assert truncation == list(paper.TRUNCATION_CELLS + paper.ANSWER_ONLY_CELLS)
+    out = capsys.readouterr().out
+    assert "cost plan: h100" in out and "| total (56 runs) |" in out
+
+
+def test_cost_of_one_run_matches_a_hand_computation():
+    from jax_distill import cost
+
+    hf = dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=100, hidden_size=16,
+              intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+              rms_norm_eps=1e-5, rope_theta=1e4, tie_word_embeddings=False, max_position_embeddings=128)
+    size = cost.size_from_hf(hf)
+    # per layer: q 16x16, k and v 16x8, o 16x16, gate/up/down 16x32, two norms; + lm_head 16x100 + final norm;
+    # the 100x16 embedding is a lookup (stored, not multiplied)
+    per_layer = 256 + 128 + 128 + 256 + 3 * 512 + 2 * 16
+    assert size.active == 2 * per_layer + 1600 + 16 and size.total == size.active + 1600
+    tokens, seq = 10 * 4 * 64, 64
+    full = cost.run_cost(size, "full", tokens, seq, "h100", 0.5)
+    assert full["flops"] == tokens * (6 * size.active + 12 * 2 * 16 * seq)
+    assert full["chip_hours"] == pytest.approx(full["flops"] / (0.5 * 989e12) / 3600)
+    lora = cost.run_cost(size, "lora", tokens, seq, "v5e", 0.5)
+    assert lora["flops"] == tokens * (4 * size.active + 12 * 2 * 16 * seq)
+    with pytest.raises(ValueError, match="chip must be one of"):
+        cost.run_cost(size, "full", tokens, seq, "tpu9", 0.5)
+
+
+def test_cells_are_the_union_of_grids_and_named_cells(tmp_path):
+    cfg = miniature(tmp_path)
+    cfg.unlock()
+    cfg.grids = ConfigDict({"a": ConfigDict(dict(teachers=("*",), students=("*",), methods=("full",),
+                                                 variants=("raw", "compressed:extractive")))})
+    cfg.cells = ("procedural/tiny-qwen3/lora/answer_only", "procedural/tiny-qwen3/full/raw")  # the 2nd repeats
+    assert [str(c) for c in experiment.cells(cfg)] == [
+        "procedural/tiny-qwen3/full/raw", "procedural/tiny-qwen3/full/compressed:extractive",
+        "procedural/tiny-qwen3/lora/answer_only"]
+    cfg.cells = ("procedural/tiny-llama/full/raw",)
+    with pytest.raises(ValueError, match="cells.*unknown student 'tiny-llama'"):
+        experiment.cells(cfg)

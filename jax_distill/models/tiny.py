@@ -45,9 +45,7 @@ def train_tokenizer(texts: Iterable[str], folder: str | os.PathLike, vocab_size:
     return folder
 
 
-def build_student(
-    folder: str | os.PathLike,
-    texts: Iterable[str],
+def student_config(
     family: str = "qwen3",
     vocab_size: int = 512,
     hidden_size: int = 128,
@@ -57,20 +55,14 @@ def build_student(
     num_kv_heads: int = 2,
     head_dim: int = 32,
     max_position_embeddings: int = 2048,
-    seed: int = 0,
-) -> Path:
-    """Train a tokenizer on `texts`, then write a randomly initialised Llama/Qwen3 student beside it."""
-    from transformers import AutoTokenizer
-
-    from jax_distill.models import family_module, random_model, save_pretrained
+    eos_token_id: int | None = None,
+):
+    """The family config of a tiny Llama/Qwen3 student (tied embeddings, rope theta 1e4)."""
+    from jax_distill.models import family_module
     from jax_distill.models.layers import Rope
 
-    folder = Path(folder)
-    train_tokenizer(texts, folder, vocab_size)
-    tok = AutoTokenizer.from_pretrained(folder)
-    module = family_module(family)
-    cfg = module.Config(
-        vocab_size=len(tok),
+    return family_module(family).Config(
+        vocab_size=vocab_size,
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
         num_layers=num_layers,
@@ -79,8 +71,22 @@ def build_student(
         head_dim=head_dim,
         rope=Rope(theta=10000.0, rotary_dim=head_dim),
         tie_word_embeddings=True,
-        eos_token_id=tok.eos_token_id,
+        eos_token_id=eos_token_id,
         max_position_embeddings=max_position_embeddings,
     )
+
+
+def build_student(folder: str | os.PathLike, texts: Iterable[str], family: str = "qwen3", vocab_size: int = 512,
+                  seed: int = 0, **shape) -> Path:
+    """Train a tokenizer on `texts`, then write a randomly initialised Llama/Qwen3 student beside it
+    (`shape`: the other student_config fields)."""
+    from transformers import AutoTokenizer
+
+    from jax_distill.models import random_model, save_pretrained
+
+    folder = Path(folder)
+    train_tokenizer(texts, folder, vocab_size)
+    tok = AutoTokenizer.from_pretrained(folder)
+    cfg = student_config(family, vocab_size=len(tok), eos_token_id=tok.eos_token_id, **shape)
     save_pretrained(random_model(family, cfg, seed), folder, tokenizer_from=folder)
     return folder
