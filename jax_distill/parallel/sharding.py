@@ -70,6 +70,10 @@ class ShardingRules:
     def sharding(self, axes: Sequence[str | None], shape: Sequence[int] | None = None) -> NamedSharding:
         return NamedSharding(self.mesh, self.spec(axes, shape))
 
+    def shards(self, axis: str) -> int:
+        """How many pieces the logical axis is split into (the product of its mesh axes' sizes)."""
+        return int(np.prod([self.mesh.shape[a] for a in _as_tuple(dict(self.rules)[axis])]))
+
 
 def _as_tuple(target) -> tuple[str, ...]:
     if target is None:
