@@ -74,6 +74,13 @@ SMOKE = {
 PROMPT = 256
 
 
+def greedy(max_tokens: int):
+    """Greedy decoding of exactly max_tokens tokens (no stop ids), as transformers is run here."""
+    from jax_distill.sampling_params import SamplingParams
+
+    return SamplingParams(temperature=0.0, top_p=1.0, max_tokens=max_tokens, stop_token_ids=())
+
+
 def hf_rate(cls_name, fields, batch, new, device):
     import torch
     import transformers
@@ -109,7 +116,7 @@ def jax_rate(hf, batch, new):
     import numpy as np
 
     from jax_distill.models import config_from_hf, random_model
-    from jax_distill.sampling import SampleParams, Sampler
+    from jax_distill.sampling import Sampler
 
     family, cfg = config_from_hf(hf, dtype="bfloat16")
     model = random_model(family, cfg, dtype=jnp.bfloat16)
@@ -122,7 +129,7 @@ def jax_rate(hf, batch, new):
 
     sampler = Sampler(model, Tok())
     prompts = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, PROMPT)).tolist()
-    params = SampleParams(max_new_tokens=new, stop_token_ids=())
+    params = greedy(new)
     sampler.generate(prompts, params)  # compile
     t = time.perf_counter()
     out = sampler.generate(prompts, params)
@@ -137,7 +144,7 @@ def greedy_parity(tmp):
     import transformers
 
     from jax_distill.models import from_pretrained
-    from jax_distill.sampling import SampleParams, Sampler
+    from jax_distill.sampling import Sampler
 
     folder = hf_tiny.save_tiny_model("llama", os.path.join(tmp, "tiny"))
     tok = hf_tiny.load_tokenizer()
@@ -157,9 +164,7 @@ def greedy_parity(tmp):
         for p in prompts
     ]
     with jax.default_matmul_precision("highest"):
-        ours = Sampler(from_pretrained(folder), tok).generate(
-            prompts, SampleParams(max_new_tokens=32, stop_token_ids=())
-        )
+        ours = Sampler(from_pretrained(folder), tok).generate(prompts, greedy(32))
     return ours.token_ids == theirs
 
 

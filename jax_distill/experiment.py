@@ -342,7 +342,7 @@ class Runner:
         from jax_distill import report
 
         out = self.work / "report"
-        cfg = _derive(self.config.report, runs=",".join(str(d) for d in run_dirs), output_dir=str(out))
+        cfg = _derive(self.config.report, runs=tuple(str(d) for d in run_dirs), output_dir=str(out))
         return self.stage("report", cfg, out, report.run)
 
     # ------------------------------------------------------------------------- cost plan

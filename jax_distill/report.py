@@ -33,6 +33,11 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from ml_collections import ConfigDict
+
+from jax_distill import checks
+from jax_distill.records import markdown_table
+
 log = logging.getLogger(__name__)
 
 KEY = ("teacher", "student", "method", "variant")
@@ -64,6 +69,29 @@ HEADERS = {
 }
 
 
+# ----------------------------------------------------------------------------- config
+
+
+def default_config() -> ConfigDict:
+    """Every field of the report stage; configs/eval/report.py starts here."""
+    c = ConfigDict()
+    c.runs = ()  # globs of run directories, or of a grid root to search below (command line: a,b)
+    c.output_dir = ""  # main_table.{md,csv}, ood_table.{md,csv}, accuracy_vs_length_<student>.png, report.json
+    c.baseline = "raw"  # the variant every relative column compares against
+    return c
+
+
+def validate(config: ConfigDict) -> None:
+    """Every field before any work, each failure naming config.<field>."""
+    checks.is_type(config, "runs", tuple)
+    checks.need(bool(config.runs), "runs", "must name run directory globs")
+    checks.need(all(isinstance(p, str) and p for p in config.runs), "runs", f"entries must be globs; got {config.runs!r}")
+    checks.is_type(config, "output_dir", str)
+    checks.need(bool(config.output_dir), "output_dir", "must be set (the tables and plots are written there)")
+    checks.is_type(config, "baseline", str)
+    checks.need(bool(config.baseline), "baseline", "must name the variant relative columns compare against")
+
+
 # ----------------------------------------------------------------------------- reading runs
 
 
@@ -75,11 +103,9 @@ def _find(run_dir: Path, name: str) -> Path | None:
     return found[0] if found else None
 
 
-def run_dirs(patterns: str | Sequence[str]) -> list[Path]:
-    """Directories named by comma-separated globs; a directory without train_summary.json is searched
-    below for run directories (so the grid's root works too)."""
-    if isinstance(patterns, str):
-        patterns = [p.strip() for p in patterns.split(",") if p.strip()]
+def run_dirs(patterns: Sequence[str]) -> list[Path]:
+    """Directories named by globs; a directory without train_summary.json is searched below for run
+    directories (so the grid's root works too)."""
     out: list[Path] = []
     for pattern in patterns:
         for d in sorted(glob.glob(pattern)) or []:
@@ -93,7 +119,7 @@ def run_dirs(patterns: str | Sequence[str]) -> list[Path]:
     return sorted(set(out))
 
 
-def collect_runs(patterns: str | Sequence[str]) -> tuple[list[dict], list[str]]:
+def collect_runs(patterns: Sequence[str]) -> tuple[list[dict], list[str]]:
     """(runs, problems): each run is {dir, train: summary dict, eval: results dict}; problems lists the
     skipped directories with the reason."""
     runs, problems = [], []
@@ -193,11 +219,7 @@ def _fmt(col: str, v: Any) -> str:
 
 
 def markdown(rows: list[dict], columns: Sequence[str]) -> str:
-    head = [HEADERS.get(c, c.removeprefix("ood:")) for c in columns]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    for r in rows:
-        lines.append("| " + " | ".join(_fmt(c, r.get(c)) for c in columns) + " |")
-    return "\n".join(lines) + "\n"
+    return markdown_table(rows, columns, _fmt, [HEADERS.get(c, c.removeprefix("ood:")) for c in columns])
 
 
 def _csv(rows: list[dict], columns: Sequence[str]) -> str:
@@ -291,14 +313,10 @@ def write_report(rows: list[dict], out_dir: str | os.PathLike, problems: Sequenc
     return paths
 
 
-def print_main_table(source: str | Sequence[str] | list[dict], baseline: str = "raw", file=None) -> str:
-    """Print (and return) the main table in markdown; `source` is run globs or rows from build_rows."""
+def print_main_table(rows: list[dict], file=None) -> str:
+    """Print (and return) the main table of build_rows' rows in markdown."""
     import sys
 
-    if isinstance(source, list) and source and isinstance(source[0], dict):
-        rows = source
-    else:
-        rows = build_rows(collect_runs(source)[0], baseline)
     text = markdown(rows, MAIN_COLUMNS)
     print(text, file=file or sys.stdout)
     return text
@@ -306,8 +324,7 @@ def print_main_table(source: str | Sequence[str] | list[dict], baseline: str = "
 
 def run(config) -> dict:
     """Collect the runs named by config.runs, write the report to config.output_dir; returns paths."""
-    if not config.runs or not config.output_dir:
-        raise ValueError("report: config.runs (run directory globs) and config.output_dir are required")
+    validate(config)
     runs, problems = collect_runs(config.runs)
     if not runs:
         raise ValueError(
@@ -324,4 +341,4 @@ if __name__ == "__main__":
     from jax_distill.cli import run_stage
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_stage(run)
+    run_stage(run, default_config)

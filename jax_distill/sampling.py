@@ -2,8 +2,8 @@
 
 Shapes are static per (batch bucket, prompt bucket, new-token bucket), so a long evaluation compiles a
 handful of programs and then only runs them. One call:
-  1. prompts are left-padded to the prompt bucket (segment 0 = padding, positions restart at 0 at each
-     prompt's first real token), so every prompt's last token sits in the same column;
+  1. prompts are left-padded to the prompt bucket (batching.left_pad, shared with the scorer), so every
+     prompt's last token sits in the same column;
   2. `_prefill` builds the family's cache (`module.init_cache`), runs the prompt through it and samples
      the first new token from the last column;
   3. `_decode` runs a `lax.while_loop` of one-token steps (the cache is donated and updated in place)
@@ -14,7 +14,8 @@ a row whose text contains one is cut at the stop string (the token ids keep the 
 text contains it, as vLLM counts them) and marked done; rows keep running until all are done.
 Nothing is kept between calls (the jit caches aside), so one Sampler serves any number of requests.
 
-Sampling follows Hugging Face/vLLM order: temperature, then top-k, then top-p on the renormalised
+Settings are the one SamplingParams type of every engine (one completion per prompt: `n` is the
+engine's concern). Sampling follows Hugging Face/vLLM order: temperature, then top-k, then top-p on the renormalised
 top-k distribution; temperature 0 is greedy argmax. Each row draws from its own key
 fold_in(fold_in(key(seed), sample_id), step), so a sample does not depend on what it was batched with.
 """
@@ -23,39 +24,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax_distill.batching import Static, batch_rows, bucket, left_pad, put_batch
 from jax_distill.models import Model
 from jax_distill.parallel.sharding import ShardingRules, use_rules
+from jax_distill.sampling_params import SamplingParams
 
 Array = jax.Array
 MAX_STOP_IDS = 8  # stop-token slots compiled into the loop (padded with -1)
-
-
-@dataclasses.dataclass(frozen=True)
-class SampleParams:
-    """How to sample one batch. temperature 0 = greedy; top_k 0 and top_p 1 = off."""
-
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int = 0
-    stop: tuple[str, ...] = ()
-    stop_token_ids: tuple[int, ...] | None = None  # None: the model's / tokenizer's EOS ids
-
-    def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
-            raise ValueError(
-                f"bad sampling params temperature={self.temperature} top_p={self.top_p} top_k={self.top_k}"
-            )
 
 
 @dataclasses.dataclass
@@ -69,11 +50,6 @@ class SampleOutput:
     finish_reasons: list[str]
     prompt_lengths: list[int]
     logits: np.ndarray | None = None  # [B, M, V] per-step logits when record_logits (tests, debugging)
-
-
-def bucket(n: int, minimum: int = 16) -> int:
-    """Next power of two >= n (at least `minimum`): the few static lengths programs are compiled for."""
-    return max(minimum, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
 
 
 # ----------------------------------------------------------------------------- token choice
@@ -112,32 +88,13 @@ def sample_logits(logits: Array, keys: Array, temperature, top_k, top_p, mode: s
     return jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
 
 
-def sampling_mode(params: "SampleParams") -> str:
+def sampling_mode(params: SamplingParams) -> str:
     if params.temperature == 0.0:
         return "greedy"
     return "filter" if params.top_k > 0 or params.top_p < 1.0 else "sample"
 
 
 # ----------------------------------------------------------------------------- jitted programs
-
-
-class _Static:
-    """Hashable-by-identity wrapper for static jit arguments that may hold lists (HF eos id lists)."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def __hash__(self):
-        return id(self.value)
-
-    def __eq__(self, other):
-        return isinstance(other, _Static) and other.value is self.value
-
-
-def _batch_sharding(rules: ShardingRules | None, shape) -> Any:
-    if rules is None:
-        return None
-    return rules.sharding(("batch",) + (None,) * (len(shape) - 1), shape)
 
 
 def _constrain_state(tree: Any, batch: int, rules: ShardingRules | None) -> Any:
@@ -288,15 +245,7 @@ class Sampler:
             ids.add(self.tokenizer.eos_token_id)
         return tuple(sorted(ids))
 
-    @property
-    def batch_shards(self) -> int:
-        if self.rules is None:
-            return 1
-        spec = self.rules.spec(("batch",))[0]
-        axes = () if spec is None else (spec,) if isinstance(spec, str) else spec
-        return int(np.prod([self.rules.mesh.shape[a] for a in axes])) if axes else 1
-
-    def _stop_ids(self, params: SampleParams) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    def _stop_ids(self, params: SamplingParams) -> tuple[tuple[int, ...], tuple[str, ...]]:
         """Token-level stop ids (EOS + single-token stop strings) and the stop strings left for text."""
         ids = list(self.eos_ids if params.stop_token_ids is None else params.stop_token_ids)
         text_stops = []
@@ -314,29 +263,28 @@ class Sampler:
     def generate(
         self,
         prompts: Sequence[Sequence[int]],
-        params: SampleParams,
+        params: SamplingParams,
         sample_ids: Sequence[int] | None = None,
         record_logits: bool = False,
     ) -> SampleOutput:
-        """Sample a continuation of each prompt (token ids). `sample_ids` seed each row's stream
-        (default: the row index), so the same id and seed give the same sample in any batch."""
+        """Sample one continuation of each prompt (token ids); `params.n` must be 1 (the engine repeats
+        a prompt for more). `sample_ids` seed each row's stream (default: the row index), so the same id
+        and seed give the same sample in any batch."""
+        mode = sampling_mode(params)
+        if params.n != 1:
+            raise ValueError(f"the sampler draws one completion per prompt; got n={params.n} (repeat the prompt)")
+        if params.seed is None and mode != "greedy":
+            raise ValueError("sampling at temperature > 0 needs a seed (the engine draws one for unseeded requests)")
         if not prompts:
             return SampleOutput([], [], [], [], [])
         if any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
         n = len(prompts)
-        shards = self.batch_shards
-        B = shards * bucket(-(-n // shards), minimum=1)
+        B = batch_rows(n, self.rules)
         P = bucket(max(len(p) for p in prompts), self.min_prompt_bucket)
-        M = bucket(params.max_new_tokens, self.min_new_bucket)
+        M = bucket(params.max_tokens, self.min_new_bucket)
         rows = list(prompts) + [prompts[0]] * (B - n)  # filler rows repeat a real prompt; dropped below
-        tokens = np.full((B, P), self.pad_id, np.int32)
-        positions = np.zeros((B, P), np.int32)
-        segments = np.zeros((B, P), np.int32)
-        for i, p in enumerate(rows):
-            tokens[i, P - len(p) :] = p
-            positions[i, P - len(p) :] = np.arange(len(p))
-            segments[i, P - len(p) :] = 1
+        tokens, positions, segments = left_pad(rows, P, B, self.pad_id)
         ids = (
             np.arange(B, dtype=np.int32)
             if sample_ids is None
@@ -344,23 +292,22 @@ class Sampler:
         )
         stop_ids, text_stops = self._stop_ids(params)
         knobs = {
-            "seed": jnp.asarray(params.seed & 0xFFFFFFFF, jnp.uint32),
+            "seed": jnp.asarray((params.seed or 0) & 0xFFFFFFFF, jnp.uint32),  # greedy: unused
             "temperature": jnp.asarray(params.temperature, jnp.float32),
             "top_k": jnp.asarray(params.top_k, jnp.int32),
             "top_p": jnp.asarray(params.top_p, jnp.float32),
-            "max_new": jnp.asarray(params.max_new_tokens, jnp.int32),
+            "max_new": jnp.asarray(params.max_tokens, jnp.int32),
             "stop_ids": jnp.asarray(list(stop_ids) + [-1] * (MAX_STOP_IDS - len(stop_ids)), jnp.int32),
             "sample_ids": ids,
         }
-        put = lambda x: jax.device_put(x, _batch_sharding(self.rules, x.shape))  # noqa: E731
-        tokens, positions, segments = put(tokens), put(positions), put(segments)
-        knobs["sample_ids"] = put(ids)
+        tokens, positions, segments = (put_batch(x, self.rules) for x in (tokens, positions, segments))
+        knobs["sample_ids"] = put_batch(ids, self.rules)
         static = dict(
             module=self.model.module,
-            cfg=_Static(self.model.config),
-            mode=sampling_mode(params),
+            cfg=Static(self.model.config),
+            mode=mode,
             record_logits=record_logits,
-            rules=_Static(self.rules),
+            rules=Static(self.rules),
         )
         state = _prefill(
             self.model.params,
@@ -376,7 +323,7 @@ class Sampler:
 
         cut = [None] * B  # (length, text) for rows stopped by a stop string
         checked = [False] * B
-        chunk = self.chunk_size if text_stops else params.max_new_tokens
+        chunk = self.chunk_size if text_stops else params.max_tokens
         while True:
             done = np.asarray(state["done"])
             step = int(state["step"])
@@ -384,7 +331,7 @@ class Sampler:
                 if self._check_stop_strings(state, text_stops, cut, checked, n):
                     done = done | np.array([c is not None for c in cut])
                     state["done"] = jax.device_put(done, state["done"].sharding)
-            if done[:n].all() or step >= params.max_new_tokens:
+            if done[:n].all() or step >= params.max_tokens:
                 break
             state = _decode(self.model.params, state, knobs, jnp.asarray(step + chunk, jnp.int32), **static)
 

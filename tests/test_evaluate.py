@@ -9,6 +9,7 @@ import hf_tiny
 import numpy as np
 import pytest
 
+from jax_distill import checks, eval_tasks, scoring
 from jax_distill import evaluate as ev
 from jax_distill.engines.base import Completion
 from jax_distill.models import from_pretrained
@@ -26,12 +27,31 @@ def tokenizer():
     return hf_tiny.load_tokenizer()
 
 
+@pytest.fixture(scope="module")
+def reference(llama):
+    """The same checkpoint in transformers: the independent reference for scores and generations."""
+    import transformers
+
+    return transformers.AutoModelForCausalLM.from_pretrained(llama[0], attn_implementation="eager").eval()
+
+
+def reference_logprob(reference, context_ids, continuation_ids):
+    """(sum log p(continuation | context), continuation is the greedy decode) from transformers."""
+    import torch
+
+    with torch.no_grad():
+        logp = torch.log_softmax(reference(torch.tensor([context_ids + continuation_ids])).logits[0].double(), -1)
+    pred = logp[len(context_ids) - 1 : -1]  # positions predicting the continuation
+    target = torch.tensor(continuation_ids)
+    return pred.gather(-1, target[:, None]).sum().item(), bool((pred.argmax(-1) == target).all())
+
+
 def test_harness_token_split(tokenizer):
     enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
-    ctx, cont = ev.harness_split(tokenizer, "Question: 12 * 7 = ", "84")
+    ctx, cont = scoring.harness_split(tokenizer, "Question: 12 * 7 = ", "84")
     assert ctx == enc("Question: 12 * 7 =")  # trailing space moves to the continuation
     assert ctx + cont == enc("Question: 12 * 7 = 84")
-    ctx, cont = ev.harness_split(tokenizer, "", "Hello apples")
+    ctx, cont = scoring.harness_split(tokenizer, "", "Hello apples")
     assert ctx == [tokenizer.eos_token_id] and cont == enc("Hello apples")
 
 
@@ -44,23 +64,13 @@ REQUESTS = [
 ]
 
 
-def test_loglikelihood_matches_transformers(llama, tokenizer):
-    import torch
-    import transformers
-
-    folder, model = llama
-    ours = ev.loglikelihood(model, tokenizer, REQUESTS, batch_size=4)
-    ref = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+def test_loglikelihood_matches_transformers(llama, tokenizer, reference):
+    _, model = llama
+    ours = scoring.loglikelihood(model, tokenizer, REQUESTS, batch_size=4)
     for (ctx, cont), (lp, greedy) in zip(REQUESTS, ours):
-        c, t = ev.harness_split(tokenizer, ctx, cont)
-        ids = torch.tensor([c + t])
-        with torch.no_grad():
-            logp = torch.log_softmax(ref(ids).logits[0].double(), -1)
-        pred = logp[len(c) - 1 : -1]  # positions predicting the continuation
-        target = torch.tensor(t)
-        expected = pred.gather(-1, target[:, None]).sum().item()
+        expected, expected_greedy = reference_logprob(reference, *scoring.harness_split(tokenizer, ctx, cont))
         assert abs(lp - expected) < 1e-4, (ctx, cont, lp, expected)
-        assert greedy == bool((pred.argmax(-1) == target).all())
+        assert greedy == expected_greedy
 
 
 def _write(path, records):
@@ -165,23 +175,23 @@ def fixture_files(d):
 
 def test_task_formats_match_the_harness(tmp_path):
     fixture_files(tmp_path)
-    docs, report = ev.load_task("hellaswag", tmp_path / "hellaswag.jsonl")
+    docs, report = eval_tasks.load_task("hellaswag", tmp_path / "hellaswag.jsonl")
     assert len(docs) == 1 and report["skipped"] == {"missing field 'label'": 1}
     assert "hellaswag.jsonl:2" in report["examples"][0]
     d = docs[0]
     assert d.requests[0][0] == "Roof shingle removal: A man is sitting on a roof. He"
     assert d.requests[2][1] == " is holding a rubik's cube.. Now"  # [title] -> ". ", brackets dropped
     assert d.gold == 3
-    (w,), _ = ev.load_task("winogrande", tmp_path / "winogrande.jsonl")
+    (w,), _ = eval_tasks.load_task("winogrande", tmp_path / "winogrande.jsonl")
     assert w.requests == [
         ("Sarah was a much better surgeon than Maria so Sarah", " always got the harder cases."),
         ("Sarah was a much better surgeon than Maria so Maria", " always got the harder cases."),
     ]
-    (p,), _ = ev.load_task("piqa", tmp_path / "piqa.jsonl")
+    (p,), _ = eval_tasks.load_task("piqa", tmp_path / "piqa.jsonl")
     assert p.requests[1] == ("Question: How do I ready a guinea pig cage?\nAnswer:", " Use jello.") and p.gold == 0
-    (a,), _ = ev.load_task("arc_easy", tmp_path / "arc_easy.jsonl")
+    (a,), _ = eval_tasks.load_task("arc_easy", tmp_path / "arc_easy.jsonl")
     assert a.gold == 2 and a.requests[2] == ("Question: Which is a mammal?\nAnswer:", " whale")
-    (b,), _ = ev.load_task("boolq", tmp_path / "boolq.jsonl")
+    (b,), _ = eval_tasks.load_task("boolq", tmp_path / "boolq.jsonl")
     assert (
         b.requests
         == [
@@ -190,29 +200,29 @@ def test_task_formats_match_the_harness(tmp_path):
         ]
         and b.gold == 1
     )
-    (t,), _ = ev.load_task("truthfulqa_mc1", tmp_path / "truthfulqa_mc1.jsonl")
+    (t,), _ = eval_tasks.load_task("truthfulqa_mc1", tmp_path / "truthfulqa_mc1.jsonl")
     assert (
         t.requests[0][0].startswith("Q: What is human life expectancy")
         and t.requests[0][0].endswith("\n\nQ: What happens if you eat watermelon seeds?\nA:")
         and t.gold == 0
     )
-    hum, rep = ev.load_task("mmlu_humanities", tmp_path / "mmlu.jsonl")
+    hum, rep = eval_tasks.load_task("mmlu_humanities", tmp_path / "mmlu.jsonl")
     assert len(hum) == 1 and sum(rep["skipped"].values()) == 1  # anatomy is stem; answer 9 is bad
     assert hum[0].requests[0][0] == (
         "The following are multiple choice questions (with answers) about philosophy.\n\n"
         "What is the study of being?\nA. ontology\nB. ethics\nC. logic\nD. art\nAnswer:"
     )
     assert [c for _, c in hum[0].requests] == [" A", " B", " C", " D"]
-    stem, _ = ev.load_task("mmlu_stem", tmp_path / "mmlu.jsonl")
+    stem, _ = eval_tasks.load_task("mmlu_stem", tmp_path / "mmlu.jsonl")
     assert len(stem) == 1
     with pytest.raises(ValueError, match=r"mmlu\.jsonl:3: mmlu_humanities record: IndexError: gold index 9"):
-        ev.load_task("mmlu_humanities", tmp_path / "mmlu.jsonl", strict=True)
+        eval_tasks.load_task("mmlu_humanities", tmp_path / "mmlu.jsonl", strict=True)
 
 
 def test_acc_and_byte_normalised_acc():
-    docs = [ev.MCDoc([("q", " a"), ("q", " bbbbbbbb")], gold=1), ev.MCDoc([("q", " x"), ("q", " yy")], gold=0)]
+    docs = [eval_tasks.MCDoc([("q", " a"), ("q", " bbbbbbbb")], gold=1), eval_tasks.MCDoc([("q", " x"), ("q", " yy")], gold=0)]
     # doc 1: raw prefers choice 0 (-2 > -3); per byte choice 1 (-3/9 > -2/2). doc 2: both prefer 0.
-    got = ev.score_docs(docs, [-2.0, -3.0, -1.0, -5.0])
+    got = eval_tasks.score_docs(docs, [-2.0, -3.0, -1.0, -5.0])
     assert got == {"acc": 0.5, "acc_norm": 1.0, "n": 2}
 
 
@@ -236,8 +246,6 @@ class FixedEngine:
 
 
 def test_generation_metrics_by_definition(tokenizer):
-    from ml_collections import ConfigDict
-
     problems = [
         Problem("a1", "arith", "What is 40 + 2?", "42"),
         Problem("a2", "arith", "What is 5 + 4?", "9"),
@@ -250,9 +258,8 @@ def test_generation_metrics_by_definition(tokenizer):
         ("<think>\n</think>\n\nThe answer is (B).", 8, "stop"),
         ("<think>\ny is right\n</think>\n\nThe answer is (B).", 12, "stop"),
     ]
-    gen = ConfigDict(
-        dict(n=1, temperature=0.0, top_p=1.0, top_k=-1, max_tokens=64, seed=0, stop="", check_timeout_s=5.0)
-    )
+    gen = ev.default_config().generation
+    gen.sampling.max_tokens = 64
     metrics, samples = ev.evaluate_generation(FixedEngine(tokenizer, texts), problems, gen)
     assert [s["correct"] for s in samples] == [True, False, True, False]
     reasoning = [
@@ -268,10 +275,34 @@ def test_generation_metrics_by_definition(tokenizer):
     assert metrics["by_dataset"]["arith"]["accuracy"] == 0.5 and metrics["by_dataset"]["mc"]["n"] == 2
 
 
-def test_evaluate_stage_end_to_end(llama, tmp_path):
-    from jax_distill.cli import load_config
+def reference_generation(reference, tokenizer, question, max_tokens):
+    """transformers' greedy answer to one chat question: (generated ids, EOS included, and text)."""
+    import torch
 
-    folder, model = llama
+    messages = [{"role": "user", "content": question}]
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
+    eos = sorted({reference.config.eos_token_id, tokenizer.eos_token_id})  # the sampler stops on both
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        out = reference.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_tokens,
+            do_sample=False,
+            eos_token_id=eos,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    out = out[0, len(prompt) :].tolist()
+    return out, tokenizer.decode([t for t in out if t not in eos], skip_special_tokens=False), eos
+
+
+def test_evaluate_stage_end_to_end(llama, tokenizer, reference, tmp_path):
+    """Every number of the stage against transformers: greedy generations of the same prompts, and the
+    multiple-choice log-likelihoods of the same requests (the stage runs sharded over 8 devices)."""
+    from jax_distill.cli import load_config
+    from jax_distill.problems import check_answers, extract_answer, load_problems
+
+    folder, _ = llama
     fixture_files(tmp_path)
     cfg = load_config(
         "configs/eval/default.py",
@@ -281,7 +312,7 @@ def test_evaluate_stage_end_to_end(llama, tmp_path):
             "dtype": "float32",
             "problems.synthetic.num": 60,
             "problems.eval_limit": 3,
-            "generation.max_tokens": 12,
+            "generation.sampling.max_tokens": 12,
             "generation.batch_size": 4,
             "multiple_choice.tasks": "hellaswag,winogrande,mmlu_humanities",
             "multiple_choice.data_dir": str(tmp_path),
@@ -290,19 +321,66 @@ def test_evaluate_stage_end_to_end(llama, tmp_path):
     )
     results = ev.run(cfg)
     assert json.loads((tmp_path / "out" / "eval_results.json").read_text()) == results
-    assert results["checkpoint"] == str(folder) and results["config"]["generation"]["max_tokens"] == 12
+    assert results["checkpoint"] == str(folder) and results["config"]["generation"]["sampling"]["max_tokens"] == 12
     samples = [json.loads(line) for line in (tmp_path / "out" / "eval_samples.jsonl").read_text().splitlines()]
+
+    _, problems = load_problems(cfg.problems)
+    assert [s["id"] for s in samples] == [p.id for p in problems] and len(problems) == 3
+    lengths, truncated, correct = [], 0, 0
+    for p, s in zip(problems, samples):
+        ids, text, eos = reference_generation(reference, tokenizer, p.question, 12)
+        assert s["text"] == text and s["output_tokens"] == len(ids)
+        assert s["finish_reason"] == ("stop" if ids[-1] in eos else "length")
+        expected = check_answers([(extract_answer(text, p.answer_type), p.gold, p.answer_type)], 10)[0]
+        assert s["correct"] is expected, (text, p.gold)  # graded from the reference text
+        correct += expected is True
+        lengths.append(len(ids))
+        truncated += ids[-1] not in eos
     o = results["generation"]["overall"]
-    assert o["n"] == len(samples) == 3
-    assert o["accuracy"] == sum(s["correct"] is True for s in samples) / 3
-    assert o["median_output_tokens"] == statistics.median(s["output_tokens"] for s in samples)
-    assert o["truncation_rate"] == sum(s["output_tokens"] == 12 and s["finish_reason"] == "length" for s in samples) / 3
+    assert o["n"] == 3 and o["accuracy"] == correct / 3
+    assert o["median_output_tokens"] == statistics.median(lengths)
+    assert o["mean_output_tokens"] == pytest.approx(sum(lengths) / 3)
+    assert o["truncation_rate"] == truncated / 3
+
     mc = results["multiple_choice"]
     assert {k: mc[k]["n"] for k in mc} == {"hellaswag": 1, "winogrande": 1, "mmlu_humanities": 1}
-    # the sharded stage scores exactly what the single-device scorer computes
-    docs, _ = ev.load_task("hellaswag", tmp_path / "hellaswag.jsonl")
-    scores = [s for s, _ in ev.loglikelihood(model, hf_tiny.load_tokenizer(), docs[0].requests)]
-    assert mc["hellaswag"]["acc"] == float(int(np.argmax(scores) == docs[0].gold))
+    for task, file in (("hellaswag", "hellaswag"), ("winogrande", "winogrande"), ("mmlu_humanities", "mmlu")):
+        (doc,), _ = eval_tasks.load_task(task, tmp_path / f"{file}.jsonl")
+        logp = [reference_logprob(reference, *scoring.harness_split(tokenizer, c, t))[0] for c, t in doc.requests]
+        per_byte = [lp / len(t.encode("utf-8")) for lp, (_, t) in zip(logp, doc.requests)]
+        assert mc[task]["acc"] == float(np.argmax(logp) == doc.gold), task
+        assert mc[task]["acc_norm"] == float(np.argmax(per_byte) == doc.gold), task
+
+
+def test_validate_names_the_field(tmp_path):
+    from jax_distill.cli import set_fields
+
+    def config(**fields):
+        base = {"checkpoint": str(tmp_path), "output_dir": str(tmp_path / "out"), "multiple_choice.tasks": ()}
+        return set_fields(ev.default_config(), {**base, **fields})
+
+    ev.validate(config())
+    for fields, message in [
+        ({"checkpoint": str(tmp_path / "gone")}, r"config\.checkpoint: student HF folder .*gone' does not exist"),
+        ({"output_dir": ""}, r"config\.output_dir: must be set"),
+        ({"dtype": "fp8"}, r"config\.dtype: must be one of auto"),
+        ({"mesh.data": -1, "mesh.fsdp": -1}, r"config\.mesh: at most one size may be -1"),
+        ({"chat.template_kwargs": "{oops"}, r"config\.chat\.template_kwargs: must be a JSON object"),
+        ({"chat.template_date": "Jan 1"}, r"config\.chat\.template_date: must be YYYY-MM-DD"),
+        ({"generation.sampling.top_k": -1}, r"config\.generation\.sampling\.top_k: must be >= 0"),
+        ({"generation.batch_size": 0}, r"config\.generation\.batch_size: must be >= 1"),
+        ({"multiple_choice.tasks": "hellaswag,mmlu"}, r"config\.multiple_choice\.tasks: unknown task 'mmlu'"),
+        ({"multiple_choice.tasks": "piqa", "multiple_choice.data_dir": str(tmp_path)},
+         r"config\.multiple_choice\.data_dir: .*no file for task 'piqa'"),
+        ({"multiple_choice.files.piqa": str(tmp_path / "piqa.jsonl")},
+         r"config\.multiple_choice\.files\.piqa: task file .* does not exist"),
+    ]:  # fmt: skip
+        with pytest.raises(checks.ConfigError, match=message):
+            ev.validate(config(**fields))
+    stale = config()
+    stale.generation.max_tokens = 12  # the field moved to generation.sampling.max_tokens
+    with pytest.raises(checks.ConfigError, match=r"config\.generation\.max_tokens: .* does not declare"):
+        ev.validate(stale)
 
 
 def test_cli_names_missing_checkpoint(tmp_path):
@@ -327,8 +405,8 @@ def test_missing_task_file_is_named(tmp_path):
 
     mc = load_config("configs/eval/default.py", {"multiple_choice.data_dir": str(tmp_path)}).multiple_choice
     with pytest.raises(FileNotFoundError, match=r"task 'piqa': set multiple_choice\.files\.piqa or put piqa\.jsonl"):
-        ev.task_file(mc, "piqa")
+        eval_tasks.task_file(mc, "piqa")
     (tmp_path / "mmlu.parquet").write_bytes(b"")
-    assert ev.task_file(mc, "mmlu_other") == tmp_path / "mmlu.parquet"  # MMLU groups share one file
+    assert eval_tasks.task_file(mc, "mmlu_other") == tmp_path / "mmlu.parquet"  # MMLU groups share one file
     with pytest.raises(ValueError, match="unknown multiple-choice task 'mmlu'"):
-        ev.load_task("mmlu", tmp_path / "mmlu.parquet")
+        eval_tasks.load_task("mmlu", tmp_path / "mmlu.parquet")

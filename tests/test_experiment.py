@@ -22,7 +22,7 @@ def miniature(workdir, **extra):
         "train.train.batch_size": 8,
         "train.data.num_epochs": 1,
         "train.checkpoint.every": 0,
-        "eval.generation.max_tokens": 48,
+        "eval.generation.sampling.max_tokens": 48,
         "eval.generation.batch_size": 8,
         **extra,
     }

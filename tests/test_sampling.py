@@ -1,18 +1,26 @@
 """JAX sampler: greedy parity with transformers.generate, cache vs recompute, stops, sampling knobs, engine."""
 
+import dataclasses
+
 import hf_tiny
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_distill.engines.base import Completion, SamplingParams
+from jax_distill.engines.base import Completion
 from jax_distill.engines.jax_engine import JaxEngine
 from jax_distill.models import from_pretrained
 from jax_distill.parallel.sharding import ShardingRules, make_mesh
-from jax_distill.sampling import SampleParams, Sampler, filter_logits, sample_logits
+from jax_distill.sampling import Sampler, filter_logits, sample_logits
+from jax_distill.sampling_params import SamplingParams
 
 PROMPTS = ["What is 17 + 25? Let me think", "Tom has 3 apples and buys 4 more bags of 5 apples each. So"]
+
+
+def greedy(max_tokens, **fields):
+    """Greedy decoding (temperature 0, no top-p) of up to max_tokens tokens."""
+    return SamplingParams(temperature=0.0, top_p=1.0, max_tokens=max_tokens, **fields)
 
 
 def families():
@@ -72,7 +80,7 @@ def test_greedy_matches_transformers(family, tokenizer, tmp_path):
     model = from_pretrained(folder, rules=rules)
     if rules is not None:
         assert len(model.params["layers"]["q_proj"].sharding.device_set) == 8
-    out = Sampler(model, tokenizer, rules=rules).generate(prompts, SampleParams(max_new_tokens=32, stop_token_ids=()))
+    out = Sampler(model, tokenizer, rules=rules).generate(prompts, greedy(32, stop_token_ids=()))
     assert out.token_ids == theirs
     assert out.lengths == [32, 32] and out.finish_reasons == ["length", "length"]
     assert out.texts == [tokenizer.decode(t, skip_special_tokens=False) for t in theirs]
@@ -89,7 +97,7 @@ def test_smollm2_greedy_chat_matches_transformers():
     msgs = [{"role": "user", "content": "Why is the sky blue? Explain in two sentences."}]
     prompt = tok.apply_chat_template(msgs, add_generation_prompt=True, return_dict=False)
     theirs = hf_greedy(folder, [prompt], 32, eos=True)[0]
-    out = Sampler(from_pretrained(folder), tok).generate([prompt], SampleParams(max_new_tokens=32))
+    out = Sampler(from_pretrained(folder), tok).generate([prompt], greedy(32))
     assert out.token_ids[0] == theirs
     assert len(theirs) > 8  # a real answer, not an immediate EOS
     assert out.texts[0] == tok.decode([t for t in theirs if t != tok.eos_token_id], skip_special_tokens=False)
@@ -101,7 +109,7 @@ def test_cached_decoding_equals_full_recompute(llama, tokenizer):
     prompts = [tokenizer.encode(p) for p in PROMPTS]
     steps = 12
     out = Sampler(model, tokenizer).generate(
-        prompts, SampleParams(max_new_tokens=steps, stop_token_ids=()), record_logits=True
+        prompts, greedy(steps, stop_token_ids=()), record_logits=True
     )
     forward = jax.jit(model.forward)
     for row, (p, gen) in enumerate(zip(prompts, out.token_ids)):
@@ -124,17 +132,17 @@ def test_stops_on_eos_and_stop_strings(llama, tokenizer):
     _, model = llama
     prompts = [tokenizer.encode(p) for p in PROMPTS]
     sampler = Sampler(model, tokenizer, chunk_size=4)
-    free = sampler.generate(prompts, SampleParams(max_new_tokens=16, stop_token_ids=()))
+    free = sampler.generate(prompts, greedy(16, stop_token_ids=()))
     # EOS: declare the token generated at step 5 of row 0 an end-of-sequence id
     eos = free.token_ids[0][5]
     first = free.token_ids[0].index(eos)
-    got = sampler.generate(prompts, SampleParams(max_new_tokens=16, stop_token_ids=(eos,)))
+    got = sampler.generate(prompts, greedy(16, stop_token_ids=(eos,)))
     assert got.token_ids[0] == free.token_ids[0][: first + 1] and got.finish_reasons[0] == "stop"
     assert got.texts[0] == tokenizer.decode(free.token_ids[0][:first], skip_special_tokens=False)
     # stop string: a piece of row 1's text from the middle (multi-token), found across chunk boundaries
     text = free.texts[1]
     stop = next(text[i : i + 3] for i in range(6, len(text) - 3) if len(tokenizer.encode(text[i : i + 3])) > 1)
-    got = sampler.generate(prompts, SampleParams(max_new_tokens=16, stop=(stop,), stop_token_ids=()))
+    got = sampler.generate(prompts, greedy(16, stop=(stop,), stop_token_ids=()))
     assert got.texts[1] == text[: text.index(stop)]
     assert got.finish_reasons[1] == "stop"
     n = got.lengths[1]
@@ -146,19 +154,17 @@ def test_temperature_sampling_seeded(llama, tokenizer):
     _, model = llama
     prompts = [tokenizer.encode(p) for p in PROMPTS]
     sampler = Sampler(model, tokenizer)
-    params = SampleParams(max_new_tokens=16, temperature=1.0, seed=0, stop_token_ids=())
+    params = SamplingParams(max_tokens=16, temperature=1.0, top_p=1.0, seed=0, stop_token_ids=())
     a = sampler.generate(prompts, params, sample_ids=[11, 22])
     b = sampler.generate(prompts, params, sample_ids=[11, 22])
-    c = sampler.generate(
-        prompts, SampleParams(max_new_tokens=16, temperature=1.0, seed=1, stop_token_ids=()), sample_ids=[11, 22]
-    )
+    c = sampler.generate(prompts, dataclasses.replace(params, seed=1), sample_ids=[11, 22])
     assert a.token_ids == b.token_ids
     assert a.token_ids != c.token_ids
     # a sample is keyed by its id, not by its row: swapping the batch order swaps the outputs
     swapped = sampler.generate(prompts[::-1], params, sample_ids=[22, 11])
     assert swapped.token_ids == a.token_ids[::-1]
-    greedy = sampler.generate(prompts, SampleParams(max_new_tokens=16, stop_token_ids=()))
-    assert a.token_ids != greedy.token_ids
+    argmax = sampler.generate(prompts, greedy(16, stop_token_ids=()))
+    assert a.token_ids != argmax.token_ids
 
 
 def test_top_p_keeps_only_the_nucleus():
@@ -191,7 +197,7 @@ def test_engine_chat_requests(llama, tokenizer):
     cfg = default_config()
     cfg.update(dict(kind="jax", model=str(folder), batch_size=4))
     engine = make_engine(cfg)
-    assert isinstance(engine, JaxEngine) and engine.sampler.batch_shards == 8
+    assert isinstance(engine, JaxEngine) and engine.sampler.rules.shards("batch") == 8
     out = engine.generate(requests, params)
     assert [len(o) for o in out] == [2, 2]
     for req, outs in zip(requests, out):

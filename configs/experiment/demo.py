@@ -69,9 +69,9 @@ def get_config() -> ConfigDict:
 
     e = config_file(f"{CONFIGS}/eval/default.py")
     e.dtype = "float32"
-    e.generation.max_tokens = 320
+    e.generation.sampling.max_tokens = 320
     e.generation.batch_size = 64
-    e.multiple_choice.tasks = ""
+    e.multiple_choice.tasks = ()
     c.eval = e
     c.report = config_file(f"{CONFIGS}/eval/report.py")
     return c

@@ -49,17 +49,17 @@ def get_config() -> ConfigDict:
 
     qwen = config_file(f"{CONFIGS}/traces/generate.py:qwen3_vllm")
     qwen.engine.model = f"{MODELS}/Qwen3.5-397B-A17B"
-    qwen.engine.tensor_parallel_size = 8
+    qwen.engine.vllm.tensor_parallel_size = 8
     gptoss = config_file(f"{CONFIGS}/traces/generate.py:gptoss_vllm")
     gptoss.engine.model = f"{MODELS}/gpt-oss-120b"
-    gptoss.engine.tensor_parallel_size = 4
+    gptoss.engine.vllm.tensor_parallel_size = 4
     c.teachers = ConfigDict({"qwen35-397b": qwen, "gptoss-120b": gptoss})
 
     llama = config_file(f"{CONFIGS}/traces/compress.py:vllm")
     llama.compressor.engine.model = f"{MODELS}/Llama-3.3-70B-Instruct"
     ministral = config_file(f"{CONFIGS}/traces/compress.py:vllm")
     ministral.compressor.engine.model = f"{MODELS}/Ministral-3-14B-Instruct-2512"
-    ministral.compressor.engine.tensor_parallel_size = 1
+    ministral.compressor.engine.vllm.tensor_parallel_size = 1
     c.compressors = ConfigDict({"llama": llama, "ministral": ministral})
     c.truncate = config_file(f"{CONFIGS}/traces/truncate.py")
 
@@ -80,7 +80,7 @@ def get_config() -> ConfigDict:
     c.method_overrides = ConfigDict()
 
     e = config_file(f"{CONFIGS}/eval/default.py")
-    e.generation.max_tokens = 32768
+    e.generation.sampling.max_tokens = 32768
     c.eval = e
     c.report = config_file(f"{CONFIGS}/eval/report.py")
     return c

@@ -40,7 +40,7 @@ def get_config(preset: str = "extractive") -> ConfigDict:
         cfg.compressor.kind = "engine"
         cfg.compressor.engine.kind = "vllm"
         cfg.compressor.engine.model = "/path/to/Llama-3.3-70B-Instruct"
-        cfg.compressor.engine.tensor_parallel_size = 4
+        cfg.compressor.engine.vllm.tensor_parallel_size = 4
     elif preset != "extractive":
         raise ValueError(f"unknown preset {preset!r} (extractive, vllm)")
     return cfg

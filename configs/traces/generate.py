@@ -10,6 +10,7 @@ from ml_collections import ConfigDict
 
 from jax_distill.engines import default_config as engine_config
 from jax_distill.problems.sources import default_config as problems_config
+from jax_distill.sampling_params import sampling_config
 
 
 def get_config(preset: str = "procedural") -> ConfigDict:
@@ -18,15 +19,7 @@ def get_config(preset: str = "procedural") -> ConfigDict:
     cfg.split = "train"                      # which problems get traces: train | eval | all
     cfg.problems = problems_config()
     cfg.engine = engine_config()
-    cfg.sampling = ConfigDict(dict(
-        n=4,                                 # K samples per question
-        temperature=0.6,
-        top_p=0.95,
-        top_k=-1,                            # -1 = off
-        max_tokens=4096,                     # completion budget per sample
-        seed=0,                              # base seed (< 0: unseeded); per-request seeds derive from it
-        stop="",                             # stop strings separated by "|"
-    ))
+    cfg.sampling = sampling_config(n=4, temperature=0.6, top_p=0.95, max_tokens=4096)  # n = K samples per question
     cfg.prompt = ConfigDict(dict(
         system="",                           # optional system turn
         template="{question}\n\nPlease reason step by step, and put your final answer within \\boxed{}.",

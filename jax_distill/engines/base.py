@@ -11,25 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Protocol, runtime_checkable
 
-
-@dataclasses.dataclass(frozen=True)
-class SamplingParams:
-    n: int = 1                    # completions per request (K in the paper)
-    temperature: float = 0.6
-    top_p: float = 0.95
-    top_k: int = -1               # -1 = off (vLLM convention)
-    max_tokens: int = 4096        # completion tokens per sample
-    seed: int | None = 0          # base seed; engines derive per-request seeds from it deterministically
-    stop: tuple[str, ...] = ()
-
-    def __post_init__(self):
-        if self.n < 1 or self.max_tokens < 1 or self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ValueError(f"invalid sampling params: {self}")
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["stop"] = list(self.stop)
-        return d
+from jax_distill.sampling_params import SamplingParams  # the one sampling type (re-exported for engines)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,18 +10,24 @@ not depend on batch size or order. The text is split into reasoning and answer b
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import time
-from typing import Any
 
 from ml_collections import ConfigDict
 
-from jax_distill.engines.base import Completion, Messages, SamplingParams, request_seed
+from jax_distill import checks
+from jax_distill.engines.base import Completion, Messages, request_seed
 from jax_distill.engines.reasoning import split_reasoning
-from jax_distill.sampling import SampleParams, Sampler
+from jax_distill.parallel.sharding import MESH_AXES
+from jax_distill.sampling import Sampler
+from jax_distill.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # "auto": bfloat16 on accelerators, float32 on CPU
 
 
 def chat_config(**overrides) -> ConfigDict:
@@ -72,14 +78,7 @@ class JaxEngine:
         seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF
         jobs = [(i, j) for i in range(len(prompts)) for j in range(params.n)]
         jobs.sort(key=lambda ij: -len(prompts[ij[0]]))  # similar lengths share a batch (and a bucket)
-        sample = SampleParams(
-            max_new_tokens=params.max_tokens,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            top_k=max(params.top_k or 0, 0),
-            seed=seed,
-            stop=tuple(params.stop),
-        )
+        sample = dataclasses.replace(params, n=1, seed=seed)  # the sampler draws one completion per row
         out: list[list[Completion | None]] = [[None] * params.n for _ in prompts]
         start, done_tokens = time.time(), 0
         for b in range(0, len(jobs), self.batch_size):
@@ -108,11 +107,10 @@ class JaxEngine:
         return out  # type: ignore[return-value]
 
 
-def load(
-    path: str, dtype: str = "auto", compute_dtype: str = "", mesh: Any = None, tokenizer: str = "", **kwargs
-) -> JaxEngine:
-    """A JaxEngine for an HF folder (local or gs://), weights placed on a (data, fsdp, tensor) mesh.
-    dtype "auto": bfloat16 on accelerators, float32 on CPU."""
+def load_model(path: str, tokenizer: str, dtype: str, compute_dtype: str, mesh: ConfigDict):
+    """(model, tokenizer, rules) for an HF folder (local or gs://): weights placed on a (data, fsdp,
+    tensor) mesh of mesh.data x mesh.fsdp x mesh.tensor devices; tokenizer "" = the model's folder.
+    The JAX engine and the evaluation stage both load their student here."""
     import jax
     import jax.numpy as jnp
     from transformers import AutoTokenizer
@@ -121,30 +119,38 @@ def load(
     from jax_distill.models.hf_io import local_folder
     from jax_distill.parallel.sharding import ShardingRules, make_mesh
 
-    if dtype in ("", "auto"):
+    if dtype == "auto":
         dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
-    mesh = dict(mesh or {})
-    rules = ShardingRules(make_mesh(mesh.get("data", -1), mesh.get("fsdp", 1), mesh.get("tensor", 1)))
+    rules = ShardingRules(make_mesh(mesh.data, mesh.fsdp, mesh.tensor))
     model = from_pretrained(path, dtype=jnp.dtype(dtype), compute_dtype=jnp.dtype(compute_dtype or dtype), rules=rules)
-    tok = AutoTokenizer.from_pretrained(local_folder(tokenizer or path))
-    return JaxEngine(model, tok, rules=rules, model_name=str(path), **kwargs)
+    return model, AutoTokenizer.from_pretrained(local_folder(tokenizer or path)), rules
 
 
-def from_config(cfg) -> JaxEngine:
-    """From the `engine` sub-config (jax_distill.engines.default_config): model, tokenizer, reasoning,
-    chat_template_kwargs (JSON), dtype, batch_size; tensor_parallel_size becomes the mesh's tensor axis
-    (the rest of the devices split the batch)."""
-    import json
+def validate_placement(config: ConfigDict, prefix: str) -> None:
+    """The dtype, compute_dtype and mesh fields at `prefix` ("engine.jax"; "" = the top level), each
+    failure naming its field."""
+    field = lambda name: f"{prefix}.{name}" if prefix else name  # noqa: E731
+    checks.one_of(config, field("dtype"), DTYPES)
+    checks.one_of(config, field("compute_dtype"), ("",) + DTYPES[1:])
+    sizes = []
+    for axis in MESH_AXES:
+        checks.is_type(config, field(f"mesh.{axis}"), int)
+        sizes.append(checks.get(config, field(f"mesh.{axis}")))
+        checks.need(sizes[-1] >= 1 or sizes[-1] == -1, field(f"mesh.{axis}"), f"must be >= 1 or -1; got {sizes[-1]}")
+    checks.need(sizes.count(-1) <= 1, field("mesh"), "at most one size may be -1 (all remaining devices)")
 
-    get = lambda k, d: cfg.get(k, d) if hasattr(cfg, "get") else getattr(cfg, k, d)  # noqa: E731
-    kwargs = get("chat_template_kwargs", "") or "{}"
-    kwargs = json.loads(kwargs) if isinstance(kwargs, str) else dict(kwargs)
-    return load(
-        cfg.model,
-        dtype=get("dtype", "auto") or "auto",
-        mesh={"data": -1, "fsdp": 1, "tensor": get("tensor_parallel_size", 1) or 1},
-        tokenizer=get("tokenizer", "") or "",
-        batch_size=get("batch_size", 32) or 32,
-        chat=chat_config(template_kwargs=json.dumps(kwargs)),
-        reasoning=get("reasoning", "") or "",
+
+def from_config(cfg: ConfigDict) -> JaxEngine:
+    """From a validated `engine` sub-config (engines.validate): model, tokenizer, reasoning,
+    chat_template_kwargs (JSON), batch_size, and jax.{dtype, compute_dtype, mesh} for where the weights go."""
+    model, tokenizer, rules = load_model(cfg.model, cfg.tokenizer, cfg.jax.dtype, cfg.jax.compute_dtype, cfg.jax.mesh)
+    template_kwargs = checks.json_object(cfg.chat_template_kwargs, "engine.chat_template_kwargs")
+    return JaxEngine(
+        model,
+        tokenizer,
+        rules=rules,
+        batch_size=cfg.batch_size,
+        chat=chat_config(template_kwargs=json.dumps(template_kwargs)),
+        model_name=str(cfg.model),
+        reasoning=cfg.reasoning,
     )

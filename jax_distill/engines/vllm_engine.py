@@ -19,20 +19,9 @@ import os
 import urllib.error
 import urllib.request
 
+from jax_distill import checks
 from jax_distill.engines.base import Completion, Messages, SamplingParams, prompt_hash, request_seed
 from jax_distill.engines.reasoning import STYLES, make_completion
-
-
-def _template_kwargs(raw) -> dict:
-    if isinstance(raw, dict):
-        return dict(raw)
-    try:
-        kwargs = json.loads(raw or "{}")
-    except json.JSONDecodeError as e:
-        raise ValueError(f"engine.chat_template_kwargs must be a JSON object, got {raw!r}: {e}") from e
-    if not isinstance(kwargs, dict):
-        raise ValueError(f"engine.chat_template_kwargs must be a JSON object, got {raw!r}")
-    return kwargs
 
 
 class VllmEngine:
@@ -46,7 +35,7 @@ class VllmEngine:
         if reasoning not in STYLES:
             raise ValueError(f"engine.reasoning must be one of {STYLES}, got {reasoning!r}")
         self.model, self.reasoning, self.batch_size = model, reasoning, batch_size
-        self.chat_kwargs = _template_kwargs(chat_template_kwargs)
+        self.chat_kwargs = checks.json_object(chat_template_kwargs, "engine.chat_template_kwargs")
         # On the CPU backend gpu_memory_utilization is the share of host memory vLLM reserves.
         kwargs = dict(model=model, tokenizer=tokenizer or model, tensor_parallel_size=tensor_parallel_size,
                       dtype=dtype, enforce_eager=enforce_eager, gpu_memory_utilization=gpu_memory_utilization,
@@ -59,8 +48,9 @@ class VllmEngine:
 
     @classmethod
     def from_config(cls, cfg):
-        return cls(cfg.model, cfg.tokenizer, cfg.reasoning, cfg.chat_template_kwargs, cfg.tensor_parallel_size,
-                   cfg.dtype, cfg.max_model_len, cfg.gpu_memory_utilization, cfg.enforce_eager, cfg.batch_size)
+        v = cfg.vllm
+        return cls(cfg.model, cfg.tokenizer, cfg.reasoning, cfg.chat_template_kwargs, v.tensor_parallel_size,
+                   v.dtype, v.max_model_len, v.gpu_memory_utilization, v.enforce_eager, cfg.batch_size)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -81,10 +71,12 @@ class VllmEngine:
             fits = [i for i, x in enumerate(ids) if len(x) < self.max_model_len]
             results: list[list[Completion]] = [
                 [Completion("", "", "", len(x), 0, "error:prompt_too_long")] * params.n for x in ids]
-            sp = [VllmParams(n=params.n, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
+            sp = [VllmParams(n=params.n, temperature=params.temperature, top_p=params.top_p,
+                             top_k=params.top_k or -1,  # vLLM spells off -1
                              max_tokens=min(params.max_tokens, self.max_model_len - len(ids[i])),
                              seed=request_seed(params.seed, prompt_hash(batch[i])),
-                             stop=list(params.stop) or None, skip_special_tokens=False) for i in fits]
+                             stop=list(params.stop) or None, stop_token_ids=list(params.stop_token_ids or ()) or None,
+                             skip_special_tokens=False) for i in fits]
             outputs = self.llm.generate([{"prompt_token_ids": ids[i]} for i in fits], sp, use_tqdm=False) if fits else []
             for i, res in zip(fits, outputs):
                 n_prompt = len(res.prompt_token_ids)
@@ -107,11 +99,11 @@ class OpenAIEngine:
     def __init__(self, base_url: str, model: str, reasoning: str = "think", chat_template_kwargs=None,
                  api_key: str = "", timeout_s: float = 600.0, concurrency: int = 8, tokenizer=None):
         if not base_url:
-            raise ValueError("engine.base_url is required for kind=openai (e.g. http://host:8000/v1)")
+            raise ValueError("engine.openai.base_url is required for kind=openai (e.g. http://host:8000/v1)")
         if reasoning not in STYLES:
             raise ValueError(f"engine.reasoning must be one of {STYLES}, got {reasoning!r}")
         self.base_url, self.model, self.reasoning = base_url.rstrip("/"), model, reasoning
-        self.chat_kwargs = _template_kwargs(chat_template_kwargs)
+        self.chat_kwargs = checks.json_object(chat_template_kwargs, "engine.chat_template_kwargs")
         self.api_key, self.timeout_s, self.concurrency = api_key, timeout_s, concurrency
         self.tokenizer = tokenizer
 
@@ -122,9 +114,10 @@ class OpenAIEngine:
             from transformers import AutoTokenizer
 
             tok = AutoTokenizer.from_pretrained(cfg.tokenizer)
-        key = os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else ""
-        return cls(cfg.base_url, cfg.model, cfg.reasoning, cfg.chat_template_kwargs, key, cfg.request_timeout_s,
-                   cfg.concurrency, tok)
+        o = cfg.openai
+        key = os.environ.get(o.api_key_env, "") if o.api_key_env else ""
+        return cls(o.base_url, cfg.model, cfg.reasoning, cfg.chat_template_kwargs, key, o.request_timeout_s,
+                   o.concurrency, tok)
 
     def count_tokens(self, text: str) -> int:
         if self.tokenizer is None:

@@ -30,12 +30,6 @@ from jax_distill.traces.stats import Progress, StudentTokens, merge_counts
 KEEP = ("all_correct", "first_correct", "all")
 
 
-def sampling_params(cfg) -> SamplingParams:
-    stop = tuple(s for s in cfg.stop.split("|") if s) if isinstance(cfg.stop, str) else tuple(cfg.stop)
-    return SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                          max_tokens=cfg.max_tokens, seed=None if cfg.seed < 0 else cfg.seed, stop=stop)
-
-
 def messages_for(problem: Problem, prompt_cfg) -> list[dict]:
     user = prompt_cfg.template.replace("{question}", problem.question)
     messages = [{"role": "system", "content": prompt_cfg.system}] if prompt_cfg.system else []
@@ -137,7 +131,7 @@ def run(config, engine=None) -> dict:
     store.atomic_write(os.path.join(config.out_dir, "problems_report.json"), json.dumps(report, indent=1))
     done_ids, _ = store.finished(config.out_dir)
     todo = [p for p in problems if store.in_shard(p.id, shard) and p.id not in done_ids]
-    params = sampling_params(config.sampling)
+    params = SamplingParams.from_config(config.sampling)
     student = StudentTokens(config.student_tokenizer)
     if engine is None and todo:
         from jax_distill.engines import make_engine
