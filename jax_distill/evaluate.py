@@ -93,6 +93,7 @@ def validate(config: ConfigDict) -> None:
     from jax_distill.cli import check_declared
     from jax_distill.data.chat import TEMPLATES, template_day
     from jax_distill.engines.jax_engine import validate_placement
+    from jax_distill.problems.sources import validate as validate_problems
 
     check_declared(config, default_config(), "evaluate config")  # a stale or misspelt field fails here
     checks.exists(config, "checkpoint", what="student HF folder")
@@ -100,7 +101,7 @@ def validate(config: ConfigDict) -> None:
     checks.is_type(config, "output_dir", str)
     checks.need(bool(config.output_dir), "output_dir", "must be set (eval_results.json is written there)")
     validate_placement(config, "")
-    # problems: jax_distill.problems.sources.validate(config.problems, prefix="problems") goes here once it exists
+    validate_problems(config, prefix="problems")
 
     for name in ("system", "template_date", "template_kwargs", "end_of_turn"):
         checks.is_type(config, f"chat.{name}", str)

@@ -5,15 +5,10 @@ import json
 
 import pytest
 
-from jax_distill.problems import (
-    Problem,
-    check_answers,
-    extract_answer,
-    load_problems,
-    load_problems_with_report,
-    synthetic,
-)
-from jax_distill.problems.sources import BadRow, default_config
+from jax_distill.problems import check_answers, extract_answer, load_problems, load_problems_with_report, synthetic
+from jax_distill.problems.problem import Problem
+from jax_distill.problems.sources import default_config
+from jax_distill.records import BadRecord
 
 
 @pytest.mark.parametrize("text,answer_type,want", [
@@ -76,13 +71,13 @@ def test_synthetic_deterministic_unique_and_solvable():
 
 
 def test_synthetic_easiest_setting_is_small():
-    easy = synthetic.generate(50, seed=0, steps=1, max_value=9, ops="add,sub")
+    easy = synthetic.generate(50, seed=0, steps=1, max_value=9, ops=("add", "sub"))
     for p in easy:
         steps = synthetic.solve(p.question)
         assert len(steps) == 2 and steps[1].op in ("add", "sub")
         assert all(int(t) <= 18 for t in p.question.split() if t.isdigit())
     with pytest.raises(ValueError, match="ops"):
-        synthetic.generate(3, ops="add,pow")
+        synthetic.generate(3, ops=("add", "pow"))
 
 
 def test_split_is_deterministic_and_stable_when_problems_are_added():
@@ -101,8 +96,8 @@ def test_split_is_deterministic_and_stable_when_problems_are_added():
 
 def _local_cfg(path, **fields):
     cfg = default_config()
-    cfg.sources = "local"
-    cfg.local.paths = str(path)
+    cfg.sources = ("local",)
+    cfg.local.paths = (str(path),)
     for k, v in fields.items():
         setattr(cfg.local, k, v)
     return cfg
@@ -135,7 +130,7 @@ def test_local_jsonl_field_mapping_and_bad_rows_counted(tmp_path):
     assert report["duplicate_ids"]["count"] == 1
 
     cfg.on_bad_row = "error"
-    with pytest.raises(BadRow, match=r"mine.jsonl:8: missing_answer: field 'solution'"):
+    with pytest.raises(BadRecord, match=r"mine.jsonl:8: missing_answer: field 'solution'"):
         load_problems(cfg)
 
 

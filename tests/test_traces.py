@@ -182,7 +182,7 @@ def test_shards_partition_the_problems(tmp_path):
         s = generate.run(gen_cfg(tmp_path, shard=f"{i}/3", **{"problems.synthetic.num": 40}))
         ids.append(s["problems_in_shard"])
     done, infos = store.finished(str(tmp_path))
-    train, _ = generate.load_problems_with_report(gen_cfg(tmp_path, **{"problems.synthetic.num": 40}))[:2], None
+    train, _ = generate.load_problems_with_report(gen_cfg(tmp_path, **{"problems.synthetic.num": 40}).problems)[:2], None
     assert sum(ids) == len(train[0]) == len(done) and all(n > 0 for n in ids)
     assert sorted(os.path.basename(p)[:23] for p in glob.glob(str(tmp_path / "*.done.json")))[0].startswith("generate-shard000of003")
     with pytest.raises(ValueError, match="i/n"):

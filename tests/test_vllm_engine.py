@@ -45,7 +45,7 @@ def vllm_run(tmp_path_factory):
         "generate_a": {**GEN, "out_dir": str(tmp / "gen_a"), "student_tokenizer": tok},
         "generate_b": {**GEN, "out_dir": str(tmp / "gen_b"), "student_tokenizer": tok},
         "compress": {"in_dir": str(tmp / "proc"), "out_dir": str(tmp / "comp"), "compressor.kind": "engine",
-                     "compressor.max_tokens": 32, "policy": "retry", "retries": 1, "student_tokenizer": tok},
+                     "compressor.sampling.max_tokens": 32, "policy": "retry", "retries": 1, "student_tokenizer": tok},
     }
     (tmp / "spec.json").write_text(json.dumps(spec))
     env = dict(os.environ, VLLM_CACHE_ROOT=str(CACHE / "vllm"), PYTHONPATH=str(ROOT), VLLM_LOGGING_LEVEL="WARNING")
@@ -70,7 +70,7 @@ def test_vllm_generate_records_and_token_counts(vllm_run):
     assert summary["balanced"] and total["generated"] == 2 * summary["problems"]
     tok = AutoTokenizer.from_pretrained(spec["model"])
     cfg = load_config(str(ROOT / "configs/traces/generate.py"), {**GEN, "out_dir": str(tmp / "gen_a")})
-    problems = {p.id: p for p in generate.load_problems_with_report(cfg)[0]}
+    problems = {p.id: p for p in generate.load_problems_with_report(cfg.problems)[0]}
     records = list(store.read_records(str(tmp / "gen_a")))
     assert len(records) == total["kept"] and total["kept"] + sum(total["errors"].values()) + \
         sum(total["rejected"].values()) == total["generated"]

@@ -25,7 +25,7 @@ def get_config() -> ConfigDict:
     c.problems.synthetic.num = 600
     c.problems.synthetic.steps = 1
     c.problems.synthetic.max_value = 9
-    c.problems.synthetic.ops = "add,sub"
+    c.problems.synthetic.ops = ("add", "sub")
     c.problems.eval_fraction = 0.1
     c.problems.eval_limit = 48
 

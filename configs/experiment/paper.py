@@ -44,8 +44,8 @@ ANSWER_ONLY_CELLS = (f"{QWEN}/qwen35-0p8b/full/answer_only",)
 def get_config() -> ConfigDict:
     c = default_config()
     c.workdir = "runs/paper"
-    c.problems.sources = "hf"
-    c.problems.hf.names = "multiarith,gpqa_diamond,arc_challenge"
+    c.problems.sources = ("hf",)
+    c.problems.hf.names = ("multiarith", "gpqa_diamond", "arc_challenge")
 
     qwen = config_file(f"{CONFIGS}/traces/generate.py:qwen3_vllm")
     qwen.engine.model = f"{MODELS}/Qwen3.5-397B-A17B"

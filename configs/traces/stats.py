@@ -4,6 +4,8 @@ and the compression table (mean rho) when the directory holds compressed records
 
 from ml_collections import ConfigDict
 
+from jax_distill.traces.stats import default_config
+
 
 def get_config() -> ConfigDict:
-    return ConfigDict(dict(path="runs/traces/raw"))  # a stage output directory or one JSONL file
+    return default_config()

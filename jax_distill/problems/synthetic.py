@@ -13,6 +13,8 @@ import dataclasses
 import random
 import re
 
+from jax_distill.problems.problem import Problem
+
 OPS = ("add", "sub", "mul", "div", "boxes")
 
 NAMES = ("Ann", "Ben", "Cara", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivan", "Jo", "Kim", "Leo", "Mia", "Noor", "Omar")
@@ -94,15 +96,11 @@ def _draw(rng: random.Random, steps: int, max_value: int, ops: tuple[str, ...]) 
     return " ".join(sentences)
 
 
-def generate(num: int, seed: int = 0, steps: int = 2, max_value: int = 20, ops: tuple[str, ...] | str = OPS,
-             dataset: str = "arith"):
+def generate(num: int, seed: int = 0, steps: int = 2, max_value: int = 20, ops: tuple[str, ...] = OPS,
+             dataset: str = "arith") -> list[Problem]:
     """`num` unique problems; id = f"{dataset}-{seed}-{index:06d}", gold = the exact integer answer."""
-    from jax_distill.problems import Problem
-
-    if isinstance(ops, str):
-        ops = tuple(o.strip() for o in ops.split(",") if o.strip())
     unknown = set(ops) - set(OPS)
-    if unknown or not ops:
+    if isinstance(ops, str) or unknown or not ops:
         raise ValueError(f"synthetic ops must be a non-empty subset of {OPS}, got {ops!r}")
     if steps < 1 or max_value < 2:
         raise ValueError(f"synthetic steps must be >= 1 and max_value >= 2, got {steps}, {max_value}")

@@ -19,18 +19,25 @@ rho = chars(compressed) / chars(raw) per example, and the same ratio in student 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
 import time
 from collections import Counter
 
+from ml_collections import ConfigDict
+
+from jax_distill import checks, engines
 from jax_distill.engines.base import SamplingParams
 from jax_distill.problems import check_answers, extract_answer
+from jax_distill.sampling_params import sampling_config, validate_sampling
 from jax_distill.traces import store
-from jax_distill.traces.stats import Progress, StudentTokens, compression_table, format_table, merge_counts
+from jax_distill.traces.stats import StudentTokens, compression_table, format_table
 
 POLICIES = ("keep_raw", "drop", "retry")
+KINDS = ("extractive", "engine")
+ATTEMPT_SEED_STRIDE = 1000003  # retry attempt a samples with seed + stride * a
 
 # The paper's gist: a shorter reasoning keeping the essential logical steps, key insights and the answer.
 DEFAULT_TEMPLATE = (
@@ -40,6 +47,57 @@ DEFAULT_TEMPLATE = (
     "repetitions, hesitations, detours and re-checks. Reply with the shortened reasoning only.\n\n"
     "Question:\n{question}\n\nReasoning:\n{trace}\n\nFinal answer: {answer}"
 )
+
+
+
+def default_config() -> ConfigDict:
+    """Every field of the compress stage, each commented once; configs/traces/compress.py starts here."""
+    c = ConfigDict()
+    c.in_dir = "runs/traces/raw"  # generate stage output (raw records)
+    c.out_dir = "runs/traces/compressed-extractive"
+    c.compressor = ConfigDict(dict(
+        kind="extractive",  # extractive (model-free baseline) | engine
+        name="",  # label in records and tables ("" = kind or model folder name)
+        engine=engines.default_config(),  # used when kind=engine
+        template=DEFAULT_TEMPLATE,  # user turn; {question}, {trace}, {answer} are filled in
+        system="",  # optional system turn
+        # the paper's compression temperature; one candidate per attempt (n=1); max_tokens budgets the
+        # compressed trace; attempt a of policy=retry uses seed + ATTEMPT_SEED_STRIDE * a
+        sampling=sampling_config(n=1, temperature=0.3, top_p=1.0, max_tokens=4096, seed=0),
+    ))
+    c.compressor.engine.reasoning = "none"  # instruction models answer in plain text
+    c.policy = "keep_raw"  # on validation failure: keep_raw | drop | retry
+    c.retries = 2  # extra attempts under policy=retry (then drop)
+    c.require_answer = True  # a compressed trace must mention the known answer
+    c.verify_timeout_s = 5.0  # per answer check (math-verify)
+    c.chunk_size = 64  # records per atomically written chunk
+    c.shard = "0/1"  # "i/n": this host's share of the records (by id hash)
+    c.student_tokenizer = ""  # HF tokenizer folder for rho in student tokens
+    return c
+
+
+def validate(config: ConfigDict) -> None:
+    """Every field before any work (checks.ConfigError naming config.<field>); the engine sub-config only
+    when the compressor is an engine."""
+    from jax_distill.cli import check_declared
+
+    check_declared(config, default_config(), "compress config")
+    checks.exists(config, "in_dir", what="raw trace directory")
+    store.validate_chunking(config)
+    checks.one_of(config, "compressor.kind", KINDS)
+    for name in ("name", "template", "system"):
+        checks.is_type(config, f"compressor.{name}", str)
+    checks.need("{trace}" in config.compressor.template, "compressor.template", "must contain {trace}")
+    validate_sampling(config, "compressor.sampling")
+    checks.need(config.compressor.sampling.n == 1, "compressor.sampling.n", "must be 1 (one candidate per attempt)")
+    if config.compressor.kind == "engine":
+        engines.validate(config, "compressor.engine")
+    checks.one_of(config, "policy", POLICIES)
+    checks.is_type(config, "retries", int)
+    checks.at_least(config, "retries", 0)
+    checks.is_type(config, "require_answer", bool)
+    checks.positive(config, "verify_timeout_s")
+
 
 _EQUATION = re.compile(r"(-?\d+(?:\.\d+)?(?:\s*[-+*/×x]\s*-?\d+(?:\.\d+)?)+)\s*=\s*(-?\d+(?:\.\d+)?)")
 
@@ -108,15 +166,12 @@ def failures(candidates: list[str], raws: list[dict], config) -> list[str]:
 class Compressor:
     """Turns raw records into candidate compressed texts (one call per attempt)."""
 
-    def __init__(self, config, engine=None):
-        self.cfg = config.compressor
-        if self.cfg.kind not in ("extractive", "engine"):
-            raise ValueError(f"compressor.kind must be extractive|engine, got {self.cfg.kind!r}")
+    def __init__(self, cfg: ConfigDict, engine=None):
+        """`cfg`: the `compressor` sub-config; `engine` overrides cfg.engine (tests, a shared model)."""
+        self.cfg = cfg
         self.engine = engine
-        if self.cfg.kind == "engine" and engine is None:
-            from jax_distill.engines import make_engine
-
-            self.engine = make_engine(self.cfg.engine)
+        if cfg.kind == "engine" and engine is None:
+            self.engine = engines.make_engine(cfg.engine)
         self.name = self.cfg.name or (self.cfg.kind if self.cfg.kind == "extractive" else
                                       os.path.basename(str(getattr(self.engine, "model", "engine")).rstrip("/")))
 
@@ -129,8 +184,9 @@ class Compressor:
     def __call__(self, raws: list[dict], attempt: int) -> list[str]:
         if self.cfg.kind == "extractive":
             return [extractive(r["trace"]) for r in raws]
-        params = SamplingParams(n=1, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
-                                max_tokens=self.cfg.max_tokens, seed=self.cfg.seed + 1000003 * attempt)
+        params = SamplingParams.from_config(self.cfg.sampling)
+        if params.seed is not None:
+            params = dataclasses.replace(params, seed=params.seed + ATTEMPT_SEED_STRIDE * attempt)
         outs = self.engine.generate([self.messages(r) for r in raws], params)
         texts = []
         for o in outs:
@@ -214,51 +270,25 @@ def _record(raw: dict, text: str, compressor: Compressor, student: StudentTokens
                              variant="compressed", meta=meta)
 
 
-def run(config, engine=None) -> dict:
-    """Compress every raw record of config.in_dir into config.out_dir; resumable. `engine` overrides
-    config.compressor.engine (tests, or stages sharing one loaded model)."""
-    if config.policy not in POLICIES:
-        raise ValueError(f"compress.policy must be one of {POLICIES}, got {config.policy!r}")
-    shard = store.parse_shard(config.shard)
-    os.makedirs(config.out_dir, exist_ok=True)
-    prefix = store.shard_prefix("compress", shard)
-    store.clean_partial(config.out_dir, prefix)
-    done_ids, _ = store.finished(config.out_dir)
-    # streamed: one pass over ids to plan, then raw traces are read chunk by chunk, never all at once
-    shard_ids = [i for i in store.index_records(config.in_dir, variant="raw") if store.in_shard(i, shard)]
-    todo_ids = {i for i in shard_ids if i not in done_ids}
-    todo = (r for r in store.read_records(config.in_dir, variant="raw") if r["id"] in todo_ids)
+def run(config: ConfigDict, engine=None) -> dict:
+    """Compress this shard's raw records; resumable. `engine` overrides config.compressor.engine."""
+    validate(config)
     student = StudentTokens(config.student_tokenizer)
-    compressor = None
-    part = store.next_part(config.out_dir, prefix)
-    progress = Progress("compress", len(todo_ids), "traces")
-    started, run_infos = time.time(), []
-    for chunk in store.batches(todo, config.chunk_size):
-        compressor = compressor or Compressor(config, engine)
-        records, errors, counts = process_chunk(chunk, compressor, config, student)
-        info = {"stage": "compress", "ids": [r["id"] for r in chunk], "counts": counts, "time": time.time(),
-                "compressor": compressor.name}
-        store.write_chunk(config.out_dir, prefix, part, records, errors, info)
-        part += 1
-        run_infos.append(info)
-        progress.update(len(chunk))
-    _, infos = store.finished(config.out_dir)
-    total = merge_counts(infos)
-    table = compression_table(store.read_records(config.out_dir))
-    summary = {"stage": "compress", "in_dir": config.in_dir, "out_dir": config.out_dir, "shard": config.shard,
-               "inputs_in_shard": len(shard_ids), "skipped_finished": len(shard_ids) - len(todo_ids),
-               "this_run": merge_counts(run_infos), "total": total, "table": table,
-               "seconds": round(time.time() - started, 2)}
-    if total:
-        summary["balanced"] = total["inputs"] == (total["compressed"] + total["fallback_raw"] + total["dropped"]
-                                                  + sum(total.get("errors", {}).values()))
-    store.write_summary(config.out_dir, summary)
-    store.atomic_write(os.path.join(config.out_dir, "summary.md"), format_table(table) + "\n")
-    print("compress: " + json.dumps(total) + "\n" + format_table(table), flush=True)
+    compressor = functools.cache(lambda: Compressor(config.compressor, engine))  # a model loads only for work
+    summary = store.run_chunks(
+        "compress", config.out_dir, config.shard, config.chunk_size,
+        store.index_records(config.in_dir, variant="raw"),  # locations: each chunk reads only its own records
+        lambda locations: process_chunk([store.read_at(*loc) for loc in locations], compressor(), config, student),
+        unit="traces", balance=("inputs", ("compressed", "fallback_raw", "dropped", "errors")),
+        provenance=lambda: {"compressor": compressor().name},
+        summarize=lambda total: {"in_dir": config.in_dir, "table": compression_table(store.read_records(config.out_dir))},
+    )
+    store.atomic_write(os.path.join(config.out_dir, "summary.md"), format_table(summary["table"]) + "\n")
+    print("compress: " + json.dumps(summary["total"]) + "\n" + format_table(summary["table"]), flush=True)
     return summary
 
 
 if __name__ == "__main__":
     from jax_distill.cli import run_stage
 
-    run_stage(run)
+    run_stage(run, default_config)

@@ -1,11 +1,11 @@
 """Stage 1: a teacher answers every question K times; verified-correct traces are kept.
 
 `python -m jax_distill.traces.generate --config configs/traces/generate.py [--config.shard=i/4]`
-or `run(config)` in process (returns the summary dict). Config fields: configs/traces/generate.py.
+or `run(config)` in process (returns the summary dict). Config fields: `default_config()` below.
 
-Work is split into chunks of `chunk_size` problems; each finished chunk is written atomically
-(store.py), so a killed run loses at most the chunks in flight and a rerun skips every finished problem
-id. Every sample ends in exactly one bucket, so generated = kept + rejected + errors:
+Work is split into chunks of `chunk_size` problems by the store's resumable loop (store.run_chunks), so a
+killed run loses at most the chunk in flight and a rerun skips every finished problem id. Every sample
+ends in exactly one bucket, so generated = kept + rejected + errors:
   kept      correct (keep=all_correct), the first correct (first_correct), or any with an answer (all)
   rejected  wrong_answer, unverified (check timed out), no_final_answer, truncated (hit max_tokens
             without an answer), not_first (a further correct sample under first_correct)
@@ -17,17 +17,64 @@ not depend on the chunking, the shard split or whether the run was resumed.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
 from collections import Counter
 
+from ml_collections import ConfigDict
+
+from jax_distill import checks, engines
 from jax_distill.engines.base import Completion, SamplingParams, prompt_hash, request_seed
-from jax_distill.problems import Problem, check_answers, extract_answer, load_problems_with_report
+from jax_distill.problems import check_answers, extract_answer, load_problems_with_report
+from jax_distill.problems import sources as problem_sources
+from jax_distill.problems.problem import Problem
+from jax_distill.sampling_params import sampling_config, validate_sampling
 from jax_distill.traces import store
-from jax_distill.traces.stats import Progress, StudentTokens, merge_counts
+from jax_distill.traces.stats import StudentTokens
 
 KEEP = ("all_correct", "first_correct", "all")
+SPLITS = ("train", "eval", "all")
+
+
+def default_config() -> ConfigDict:
+    """Every field of the generate stage, each commented once; configs/traces/generate.py starts here.
+    Sub-configs are documented where they are declared: problems -> problems/sources.py, engine ->
+    engines/__init__.py, sampling -> sampling_params.py."""
+    c = ConfigDict()
+    c.out_dir = "runs/traces/raw"  # stage output directory (chunks, errors, summary.json)
+    c.split = "train"  # which problems get traces: train | eval | all
+    c.problems = problem_sources.default_config()
+    c.engine = engines.default_config()
+    c.sampling = sampling_config(n=4, temperature=0.6, top_p=0.95, max_tokens=4096)  # n = K samples per question
+    c.prompt = ConfigDict(dict(
+        system="",  # optional system turn
+        template="{question}\n\nPlease reason step by step, and put your final answer within \\boxed{}.",
+    ))
+    c.keep = "all_correct"  # all_correct | first_correct | all (unverified: keep any answer)
+    c.verify_timeout_s = 5.0  # per answer check (math-verify); timeouts count as unverified
+    c.chunk_size = 64  # problems per atomically written chunk (unit of resume)
+    c.shard = "0/1"  # "i/n": this host's share of the problems (by id hash)
+    c.student_tokenizer = ""  # HF tokenizer folder: count trace tokens as the student sees them
+    return c
+
+
+def validate(config: ConfigDict) -> None:
+    """Every field before any work (checks.ConfigError naming config.<field>)."""
+    from jax_distill.cli import check_declared
+
+    check_declared(config, default_config(), "generate config")
+    store.validate_chunking(config)
+    checks.one_of(config, "split", SPLITS)
+    problem_sources.validate(config, "problems")
+    engines.validate(config, "engine")
+    validate_sampling(config, "sampling")
+    checks.is_type(config, "prompt.system", str)
+    checks.is_type(config, "prompt.template", str)
+    checks.need("{question}" in config.prompt.template, "prompt.template", "must contain {question}")
+    checks.one_of(config, "keep", KEEP)
+    checks.positive(config, "verify_timeout_s")
 
 
 def messages_for(problem: Problem, prompt_cfg) -> list[dict]:
@@ -111,64 +158,26 @@ def process_chunk(problems: list[Problem], engine, params: SamplingParams, confi
     return records, errors, {**counts, "rejected": dict(rejected), "errors": dict(errored)}
 
 
-def _total(bucket) -> int:
-    return sum(bucket.values()) if isinstance(bucket, dict) else bucket
-
-
-def run(config, engine=None) -> dict:
+def run(config: ConfigDict, engine=None) -> dict:
     """Generate traces for the configured split; resumable. `engine` overrides config.engine (tests,
-    or several stages sharing one loaded model)."""
-    if config.keep not in KEEP:
-        raise ValueError(f"generate.keep must be one of {KEEP}, got {config.keep!r}")
-    if config.chunk_size < 1:
-        raise ValueError(f"generate.chunk_size must be >= 1, got {config.chunk_size}")
-    shard = store.parse_shard(config.shard)
-    os.makedirs(config.out_dir, exist_ok=True)
-    prefix = store.shard_prefix("generate", shard)
-    store.clean_partial(config.out_dir, prefix)
-    train, evals, report = load_problems_with_report(config)
+    or several stages sharing one loaded model); otherwise it is built when the first chunk needs it."""
+    validate(config)
+    train, evals, report = load_problems_with_report(config.problems)
     problems = {"train": train, "eval": evals, "all": train + evals}[config.split]
+    os.makedirs(config.out_dir, exist_ok=True)
     store.atomic_write(os.path.join(config.out_dir, "problems_report.json"), json.dumps(report, indent=1))
-    done_ids, _ = store.finished(config.out_dir)
-    todo = [p for p in problems if store.in_shard(p.id, shard) and p.id not in done_ids]
+    teacher = (lambda: engine) if engine is not None else functools.cache(lambda: engines.make_engine(config.engine))
     params = SamplingParams.from_config(config.sampling)
     student = StudentTokens(config.student_tokenizer)
-    if engine is None and todo:
-        from jax_distill.engines import make_engine
-
-        engine = make_engine(config.engine)
-    part = store.next_part(config.out_dir, prefix)
-    progress = Progress("generate", len(todo), "problems")
-    started = time.time()
-    run_counts = []
-    for start in range(0, len(todo), config.chunk_size):
-        chunk = todo[start : start + config.chunk_size]
-        records, errors, counts = process_chunk(chunk, engine, params, config, student)
-        info = {"stage": "generate", "ids": [p.id for p in chunk], "counts": counts, "time": time.time(),
-                "engine": getattr(engine, "name", "?"), "model": getattr(engine, "model", "?")}
-        store.write_chunk(config.out_dir, prefix, part, records, errors, info)
-        part += 1
-        run_counts.append(info)
-        progress.update(len(chunk))
-    _, infos = store.finished(config.out_dir)
-    total = merge_counts(infos)
-    summary = {
-        "stage": "generate",
-        "out_dir": config.out_dir,
-        "shard": config.shard,
-        "problems": len(problems),
-        "problems_in_shard": sum(store.in_shard(p.id, shard) for p in problems),
-        "skipped_finished": sum(1 for p in problems if store.in_shard(p.id, shard) and p.id in done_ids),
-        "this_run": merge_counts(run_counts),
-        "total": total,
-        "seconds": round(time.time() - started, 2),
-        "problems_report": {k: v for k, v in report.items() if k != "decontamination"}
-        | {"decontaminated": report["decontamination"].get("removed", 0)},
-    }
-    if total:
-        balance = total.get("kept", 0) + _total(total.get("rejected", {})) + _total(total.get("errors", {}))
-        summary["balanced"] = balance == total.get("generated", 0)
-    store.write_summary(config.out_dir, summary)
+    problems_report = {k: v for k, v in report.items() if k != "decontamination"} | {
+        "decontaminated": report["decontamination"].get("removed", 0)}
+    summary = store.run_chunks(
+        "generate", config.out_dir, config.shard, config.chunk_size, {p.id: p for p in problems},
+        lambda chunk: process_chunk(chunk, teacher(), params, config, student),
+        unit="problems", balance=("generated", ("kept", "rejected", "errors")),
+        provenance=lambda: {"engine": teacher().name, "model": teacher().model},
+        summarize=lambda total: {"problems": len(problems), "problems_report": problems_report},
+    )
     print(f"generate: {json.dumps(summary['total'])}", flush=True)
     return summary
 
@@ -176,4 +185,4 @@ def run(config, engine=None) -> dict:
 if __name__ == "__main__":
     from jax_distill.cli import run_stage
 
-    run_stage(run)
+    run_stage(run, default_config)

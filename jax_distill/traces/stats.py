@@ -132,9 +132,25 @@ def describe(records: Iterable[dict]) -> list[dict]:
     return rows
 
 
+def default_config():
+    """The stats command's one field; configs/traces/stats.py starts here."""
+    from ml_collections import ConfigDict
+
+    return ConfigDict(dict(path="runs/traces/raw"))  # a stage output directory or one JSONL file
+
+
+def validate(config) -> None:
+    from jax_distill import checks
+    from jax_distill.cli import check_declared
+
+    check_declared(config, default_config(), "stats config")
+    checks.exists(config, "path", what="trace directory or JSONL file")
+
+
 def run(config) -> dict:
     from jax_distill.traces.store import read_records
 
+    validate(config)
     records = list(read_records(config.path))
     summary = {"describe": describe(records), "compression": compression_table(records)}
     print(format_table(summary["describe"]))
@@ -146,4 +162,4 @@ def run(config) -> dict:
 if __name__ == "__main__":
     from jax_distill.cli import run_stage
 
-    run_stage(run)
+    run_stage(run, default_config)

@@ -14,15 +14,48 @@ still written) or errors (missing_raw: no raw twin, e.g. raw directory of anothe
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import time
 from collections import Counter
 
+from ml_collections import ConfigDict
+
+from jax_distill import checks
 from jax_distill.traces import store
-from jax_distill.traces.stats import Progress, StudentTokens, describe, format_table, merge_counts
+from jax_distill.traces.stats import StudentTokens, describe, format_table
 
 VARIANTS = ("truncated", "answer_only")
+
+
+def default_config() -> ConfigDict:
+    """Every field of the truncate stage, each commented once; configs/traces/truncate.py starts here."""
+    c = ConfigDict()
+    c.raw_dir = "runs/traces/raw"  # generate stage output
+    c.compressed_dir = "runs/traces/compressed-extractive"  # compress stage output (one compressor; "" when
+    # only answer_only is written)
+    c.out_dir = "runs/traces/truncated-extractive"
+    c.variants = VARIANTS  # which ablation records to write: truncated, answer_only
+    c.student_tokenizer = ""  # HF tokenizer folder (required for truncated: budgets are in student tokens)
+    c.chunk_size = 256  # records per atomically written chunk
+    c.shard = "0/1"  # "i/n": this host's share (by raw record id)
+    return c
+
+
+def validate(config: ConfigDict) -> None:
+    """Every field before any work (checks.ConfigError naming config.<field>)."""
+    from jax_distill.cli import check_declared
+
+    check_declared(config, default_config(), "truncate config")
+    checks.exists(config, "raw_dir", what="raw trace directory")
+    store.validate_chunking(config)
+    checks.is_type(config, "variants", (tuple, list))
+    unknown = [v for v in config.variants if v not in VARIANTS]
+    checks.need(bool(config.variants) and not unknown, "variants",
+                f"must name some of {', '.join(VARIANTS)}; got {tuple(config.variants)!r}")
+    if "truncated" in config.variants:
+        checks.exists(config, "compressed_dir", what="compressed trace directory")
+        checks.need(bool(config.student_tokenizer), "student_tokenizer",
+                    "must name the student's tokenizer for variant truncated (budgets are in student tokens)")
 
 
 def truncate_one(raw: dict, comp: dict, student: StudentTokens) -> tuple[dict, str]:
@@ -45,74 +78,64 @@ def answer_only(raw: dict, student: StudentTokens) -> dict:
                              variant="answer_only", meta=meta)
 
 
-def run(config) -> dict:
-    variants = [v.strip() for v in config.variants.split(",") if v.strip()]
-    if not variants or set(variants) - set(VARIANTS):
-        raise ValueError(f"truncate.variants must be a comma list of {VARIANTS}, got {config.variants!r}")
-    student = StudentTokens(config.student_tokenizer)
-    if "truncated" in variants and not student:
-        raise ValueError("truncate: variant 'truncated' needs student_tokenizer (budgets are in student tokens)")
-    shard = store.parse_shard(config.shard)
-    os.makedirs(config.out_dir, exist_ok=True)
-    prefix = store.shard_prefix("truncate", shard)
-    store.clean_partial(config.out_dir, prefix)
-    done_ids, _ = store.finished(config.out_dir)
-    # plan on ids and file offsets only; each record is read when its chunk is processed
-    raws = {i: loc for i, loc in store.index_records(config.raw_dir, variant="raw").items() if store.in_shard(i, shard)}
-    items: list[tuple[str, str, str, tuple[str, int]]] = []  # (output id, variant, raw id, source location)
-    if "truncated" in variants:
-        suffix = "/compressed"  # compressed ids are "{raw id}/compressed" (store.py)
-        for cid, loc in store.index_records(config.compressed_dir, variant="compressed").items():
-            src = cid[: -len(suffix)] if cid.endswith(suffix) else cid
-            if store.in_shard(src, shard):
-                items.append((f"{src}/truncated", "truncated", src, loc))
-    if "answer_only" in variants:
-        items += [(f"{rid}/answer_only", "answer_only", rid, loc) for rid, loc in raws.items()]
-    todo = [it for it in items if it[0] not in done_ids]
-    part = store.next_part(config.out_dir, prefix)
-    progress = Progress("truncate", len(todo), "records")
-    run_infos = []
-    for start in range(0, len(todo), config.chunk_size):
-        chunk = todo[start : start + config.chunk_size]
-        records, errors, buckets = [], [], Counter()
-        for out_id, variant, raw_id, loc in chunk:
-            if variant == "answer_only":
-                records.append(answer_only(store.read_at(*loc), student))
-                buckets["answer_only"] += 1
-                continue
-            if raw_id not in raws:
-                buckets["missing_raw"] += 1
-                errors.append({"id": out_id, "stage": "truncate", "reason": "missing_raw",
-                               "detail": f"no raw record {raw_id!r} in {config.raw_dir}"})
-                continue
-            rec, bucket = truncate_one(store.read_at(*raws[raw_id]), store.read_at(*loc), student)
+def process_chunk(items: list[tuple[str, tuple, tuple | None]], student: StudentTokens, raw_dir: str):
+    """[(variant, source location, raw twin's location or None)] -> (records, errors, counts)."""
+    records, errors, buckets = [], [], Counter()
+    for variant, loc, raw_loc in items:
+        source = store.read_at(*loc)
+        if variant == "answer_only":
+            records.append(answer_only(source, student))
+            buckets["answer_only"] += 1
+        elif raw_loc is None:
+            raw_id = source["meta"]["source_id"]
+            buckets["missing_raw"] += 1
+            errors.append({"id": f"{raw_id}/truncated", "stage": "truncate", "reason": "missing_raw",
+                           "detail": f"no raw record {raw_id!r} in {raw_dir}"})
+        else:
+            rec, bucket = truncate_one(store.read_at(*raw_loc), source, student)
             records.append(rec)
             buckets[bucket] += 1
-        counts = {"inputs": len(chunk), "truncated": buckets["truncated"], "within_budget": buckets["within_budget"],
-                  "answer_only": buckets["answer_only"],
-                  "errors": {"missing_raw": buckets["missing_raw"]} if buckets["missing_raw"] else {}}
-        info = {"stage": "truncate", "ids": [it[0] for it in chunk], "counts": counts, "time": time.time()}
-        store.write_chunk(config.out_dir, prefix, part, records, errors, info)
-        part += 1
-        run_infos.append(info)
-        progress.update(len(chunk))
-    _, infos = store.finished(config.out_dir)
-    total = merge_counts(infos)
+    counts = {"inputs": len(items), "truncated": buckets["truncated"], "within_budget": buckets["within_budget"],
+              "answer_only": buckets["answer_only"],
+              "errors": {"missing_raw": buckets["missing_raw"]} if buckets["missing_raw"] else {}}
+    return records, errors, counts
+
+
+def describe_output(out_dir: str, variants) -> dict:
+    """The stage's own summary fields: records and token counts per dataset and variant."""
     out = [{"dataset": r["dataset"], "variant": r["variant"], "meta": r["meta"]}  # no texts kept
-           for r in store.read_records(config.out_dir)]
+           for r in store.read_records(out_dir)]
     gaps = [r["meta"]["budget_tokens"] - r["meta"]["student_tokens"] for r in out if r["variant"] == "truncated"]
-    summary = {"stage": "truncate", "out_dir": config.out_dir, "variants": variants, "this_run": merge_counts(run_infos),
-               "total": total, "describe": describe(out),
-               "mean_tokens_under_budget": round(statistics.fmean(gaps), 3) if gaps else None}
-    if total:
-        summary["balanced"] = total["inputs"] == (total["truncated"] + total["within_budget"] + total["answer_only"]
-                                                  + sum(total.get("errors", {}).values()))
-    store.write_summary(config.out_dir, summary)
-    print("truncate: " + json.dumps(total) + "\n" + format_table(summary["describe"]), flush=True)
+    return {"variants": list(variants), "describe": describe(out),
+            "mean_tokens_under_budget": round(statistics.fmean(gaps), 3) if gaps else None}
+
+
+def run(config: ConfigDict) -> dict:
+    """Write this shard's truncated and answer-only records; resumable."""
+    validate(config)
+    student = StudentTokens(config.student_tokenizer)
+    # plan on ids and file offsets only; each record is read when its chunk is processed
+    raws = store.index_records(config.raw_dir, variant="raw")
+    items = {}  # output id -> (variant, source location, raw twin's location); ids are "{raw id}/{variant}"
+    if "truncated" in config.variants:
+        suffix = "/compressed"  # compressed ids are "{raw id}/compressed" (store.py)
+        for cid, loc in store.index_records(config.compressed_dir, variant="compressed").items():
+            raw_id = cid.removesuffix(suffix)
+            items[f"{raw_id}/truncated"] = ("truncated", loc, raws.get(raw_id))
+    if "answer_only" in config.variants:
+        items.update({f"{rid}/answer_only": ("answer_only", loc, None) for rid, loc in raws.items()})
+    summary = store.run_chunks(
+        "truncate", config.out_dir, config.shard, config.chunk_size, items,
+        lambda chunk: process_chunk(chunk, student, config.raw_dir),
+        unit="records", balance=("inputs", ("truncated", "within_budget", "answer_only", "errors")),
+        shard_key=lambda out_id: out_id.rsplit("/", 1)[0],  # by raw id, as the other stages
+        summarize=lambda total: describe_output(config.out_dir, config.variants),
+    )
+    print("truncate: " + json.dumps(summary["total"]) + "\n" + format_table(summary["describe"]), flush=True)
     return summary
 
 
 if __name__ == "__main__":
     from jax_distill.cli import run_stage
 
-    run_stage(run)
+    run_stage(run, default_config)
