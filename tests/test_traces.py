@@ -133,7 +133,7 @@ def test_generate_kill_and_resume(tmp_path):
     out, ref = tmp_path / "killed", tmp_path / "reference"
     # through the CLI entry point (absl flags, nested overrides), SIGKILLed by its driver at a known point:
     # with 5 chunks finished and the 6th chunk's records written but not its done marker
-    cmd = [sys.executable, str(ROOT / "tests/generate_kill_driver.py"), "5", f"--config={ROOT}/configs/traces/generate.py",
+    cmd = [sys.executable, str(ROOT / "tests/generate_driver.py"), "kill", "5", f"--config={ROOT}/configs/traces/generate.py",
            f"--config.out_dir={out}", "--config.problems.synthetic.num=60", "--config.chunk_size=1",
            "--config.sampling.n=2"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))

@@ -32,6 +32,7 @@ A stage's output directory:
   {prefix}-{part:05d}.errors.jsonl   failures of that chunk, one per line: {"id", "stage", "reason", "detail"}
   {prefix}-{part:05d}.done.json      written LAST: the work item ids the chunk covered, its counts, and the
                                      line and byte counts of its two files
+  {prefix}.lock                      while a run writes this prefix: its host and pid (traces/lock.py)
   summary.json                       the stage's summary (counts, rates, tables)
 Every file is written to a temporary name and renamed into place, so a killed run leaves no half
 files; a chunk without its done file is deleted and redone on the next run, and so is a chunk whose
@@ -56,6 +57,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from jax_distill import checks, records
 from jax_distill.records import BadRecord
+from jax_distill.traces import lock
 from jax_distill.traces.stats import Progress, merge_counts
 
 log = logging.getLogger(__name__)
@@ -339,26 +341,27 @@ def run_chunks(
     spec = parse_shard(shard)
     prefix = shard_prefix(stage, spec)
     os.makedirs(out_dir, exist_ok=True)
-    clean_partial(out_dir, prefix)
-    done_ids, _ = finished(out_dir)
-    mine = [i for i in items if in_shard(shard_key(i), spec)]
-    todo = [i for i in mine if i not in done_ids]
-    chunks = [todo[k : k + chunk_size] for k in range(0, len(todo), chunk_size)]
-    part = next_part(out_dir, prefix)
-    progress = Progress(stage, len(todo), unit)
-    run_infos = []
-    for ids, (recs, errors, counts) in zip(chunks, dispatch(process, ([items[i] for i in ids] for ids in chunks))):
-        info = {"stage": stage, "ids": ids, "counts": counts, "time": time.time(), **provenance()}
-        write_chunk(out_dir, prefix, part, recs, errors, info)
-        part += 1
-        run_infos.append(info)
-        progress.update(len(ids))
-    total = merge_counts(finished(out_dir)[1])
-    summary = {"stage": stage, "out_dir": out_dir, "shard": shard, f"{unit}_in_shard": len(mine),
-               "skipped_finished": len(mine) - len(todo), "this_run": merge_counts(run_infos), "total": total}
-    if total:
-        inputs, buckets = balance
-        summary["balanced"] = total.get(inputs, 0) == sum(_bucket_total(total.get(b, 0)) for b in buckets)
-    summary.update(summarize(total), seconds=round(time.time() - started, 2))
-    write_summary(out_dir, summary)
+    with lock.hold(out_dir, prefix, stage):  # one writer per prefix: a second is refused, naming the holder
+        clean_partial(out_dir, prefix)
+        done_ids, _ = finished(out_dir)
+        mine = [i for i in items if in_shard(shard_key(i), spec)]
+        todo = [i for i in mine if i not in done_ids]
+        chunks = [todo[k : k + chunk_size] for k in range(0, len(todo), chunk_size)]
+        part = next_part(out_dir, prefix)
+        progress = Progress(stage, len(todo), unit)
+        run_infos = []
+        for ids, (recs, errors, counts) in zip(chunks, dispatch(process, ([items[i] for i in ids] for ids in chunks))):
+            info = {"stage": stage, "ids": ids, "counts": counts, "time": time.time(), **provenance()}
+            write_chunk(out_dir, prefix, part, recs, errors, info)
+            part += 1
+            run_infos.append(info)
+            progress.update(len(ids))
+        total = merge_counts(finished(out_dir)[1])
+        summary = {"stage": stage, "out_dir": out_dir, "shard": shard, f"{unit}_in_shard": len(mine),
+                   "skipped_finished": len(mine) - len(todo), "this_run": merge_counts(run_infos), "total": total}
+        if total:
+            inputs, buckets = balance
+            summary["balanced"] = total.get(inputs, 0) == sum(_bucket_total(total.get(b, 0)) for b in buckets)
+        summary.update(summarize(total), seconds=round(time.time() - started, 2))
+        write_summary(out_dir, summary)
     return summary
