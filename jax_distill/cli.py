@@ -73,6 +73,8 @@ def list_overrides(argv: list[str]) -> list[str]:
     a tuple (list) field of the config file (ml_collections alone would make it a 1-tuple "raw,compressed:x").
     Tuple literals ("('a', 'b')") pass unchanged."""
     path = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), None)
+    if path is None and "--config" in argv[1:-1]:  # `--config <file>`, as the README spells it
+        path = argv[argv.index("--config", 1) + 1]
     overrides = [a for a in argv[1:] if a.startswith("--config.") and "=" in a]
     if path is None or not overrides:
         return argv
@@ -86,9 +88,22 @@ def list_overrides(argv: list[str]) -> list[str]:
             except KeyError:
                 current = None  # unknown fields fail in absl's parser with the field's name
             if isinstance(current, (tuple, list)) and not value.lstrip().startswith(("(", "[")):
-                arg = f"--config.{dotted}={checks.as_list(value)!r}"
+                arg = f"--config.{dotted}={list_value(value, current)!r}"
         out.append(arg)
     return out
+
+
+def list_value(text: str, current: tuple) -> tuple:
+    """"a,b" as a tuple of the current tuple's element type (numbers stay numbers: seeds "0,1" -> (0, 1))."""
+    items = checks.as_list(text)
+    kinds = {type(v) for v in current}
+    if kinds in ({int}, {float}):
+        kind = kinds.pop()
+        try:
+            return tuple(kind(i) for i in items)
+        except ValueError:
+            raise checks.ConfigError(f"expected {kind.__name__}s separated by commas; got {text!r}") from None
+    return items
 
 
 def check_declared(cfg: Any, declared: Any, where: str, prefix: str = "") -> None:
@@ -147,7 +162,7 @@ def set_fields(cfg: ConfigDict, fields: dict[str, Any], where: str = "config") -
         if leaf not in node:
             raise KeyError(f"{where}: unknown config field {dotted!r}")
         if isinstance(node[leaf], tuple) and isinstance(value, str):
-            value = checks.as_list(value)  # "a,b" is the friendly spelling of a list, as on the command line
+            value = list_value(value, node[leaf])  # "a,b" is the friendly spelling of a list, as on the command line
         node[leaf] = value
     return cfg
 

@@ -24,7 +24,7 @@ DECLARED = textwrap.dedent(
 )
 
 
-def _stage(tmp_path, config_body: str, *flags: str) -> subprocess.CompletedProcess:
+def _stage(tmp_path, config_body: str, *flags: str, config_flag: str = "--config=") -> subprocess.CompletedProcess:
     (tmp_path / "declared.py").write_text(DECLARED)
     (tmp_path / "stage.py").write_text(
         "import sys; sys.path.insert(0, %r)\n" % str(tmp_path)
@@ -38,7 +38,7 @@ def _stage(tmp_path, config_body: str, *flags: str) -> subprocess.CompletedProce
         + "    return c\n"
     )
     return subprocess.run(
-        [sys.executable, str(tmp_path / "stage.py"), f"--config={tmp_path / 'cfg.py'}", *flags],
+        [sys.executable, str(tmp_path / "stage.py"), *_config_args(config_flag, tmp_path / "cfg.py"), *flags],
         capture_output=True, text=True, timeout=120,
     )
 
@@ -66,6 +66,17 @@ def test_declared_fields_free_maps_and_list_overrides_run(tmp_path):
                  "--config.train.batch_size=2")
     assert out.returncode == 0, out.stderr
     assert "RAN 0.0003 2 ('raw', 'compressed:x')" in out.stdout
+
+
+def _config_args(flag: str, path) -> list[str]:
+    return [f"--config={path}"] if flag == "--config=" else ["--config", str(path)]
+
+
+def test_list_override_after_config_as_two_words(tmp_path):
+    """`--config <file>` (the README's spelling) with a list of paths: a tuple of the paths."""
+    out = _stage(tmp_path, "", "--config.variants=/a/raw,/b/compressed", config_flag="--config")
+    assert out.returncode == 0, out.stderr
+    assert "RAN 0.0001 8 ('/a/raw', '/b/compressed')" in out.stdout
 
 
 def test_check_declared_in_process():
