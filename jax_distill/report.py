@@ -1,24 +1,36 @@
-"""Stage 6: the paper's tables and plot from a grid of runs. `python -m jax_distill.report --config
-configs/eval/report.py --config.runs='runs/*' --config.output_dir=report`.
+"""Stage 6: the paper's tables and plot from a grid of runs, every figure with its uncertainty.
+`python -m jax_distill.report --config configs/eval/report.py --config.runs='runs/*' --config.output_dir=report`.
 
-A run is a directory holding `train_summary.json` (written by jax_distill.train: teacher, student, method,
-variant, train_tokens, train_time_s) and `eval_results.json` (jax_distill.evaluate), either beside it or
-in a subdirectory (e.g. `<run>/eval/`). Runs with a missing or unreadable file are skipped and listed in
-the report; two runs with the same (teacher, student, method, variant) are an error naming both.
+A run is a directory holding `train_summary.json` (jax_distill.train: teacher, student, method, variant,
+seed, train_tokens, train_time_s, data_path) and `eval_results.json` + `eval_samples.jsonl`
+(jax_distill.evaluate), beside it or below it (e.g. `<run>/eval/`). Runs with a missing or unreadable
+file are skipped and listed; two runs of one cell with the same seed are an error naming both. A cell
+is (teacher, student, method, variant); runs of one cell with different training seeds are aggregated.
 
-Main table, one row per teacher x student x method x variant (markdown + CSV):
-  accuracy                in-distribution generation accuracy (evaluate: generation.overall.accuracy)
-  median_reasoning_tokens think-block tokens at inference; also median / mean output tokens
-  train_tokens, train_time_s
-  train_speedup           raw train_time_s / this train_time_s
-  train_token_ratio       this train_tokens / raw train_tokens
-  length_reduction        raw median output tokens / this median output tokens ("x times shorter")
-  accuracy_retention      accuracy / raw accuracy
-  token_efficiency        (accuracy / mean output tokens) / (raw accuracy / raw mean output tokens)
-"raw" is the run of the same teacher, student and method with variant `baseline` (default "raw"); the
-relative columns are empty where it is missing. An out-of-distribution table lists each multiple-choice
-task's acc (and their mean), and one PNG per student plots accuracy against median output tokens, one
-point per teacher/method/variant.
+Per item (an evaluation problem) the score is its share of correct samples (an unverifiable answer
+counts as wrong, as in the evaluate stage). Statistics, all at 95% (jax_distill.uncertainty):
+  accuracy      one seed: Wilson interval (0/1 scores) or bootstrap over items (several samples per
+                item); several seeds: mean of the seeds, sd across them, and a two-level bootstrap
+                (seeds, then items) whose interval includes seed variation
+  comparisons   each variant against the baseline (raw) of its teacher/student/method, and
+                compressed:X against truncated:X (the length-matched ablation): paired difference on the
+                shared items, paired bootstrap interval, exact McNemar p (0/1 scores only: one seed, one
+                sample); "resolved" = the interval excludes 0. Several seeds: item scores are first
+                averaged over seeds.
+  efficiency    one statistic throughout, the MEAN output tokens per sample (think block and answer):
+                train speedup = raw train time / variant train time; train-token ratio = variant / raw
+                train tokens; length reduction = raw mean output tokens / variant mean output tokens;
+                retention = accuracy / raw accuracy; per-token efficiency = (accuracy / mean output
+                tokens) / (raw accuracy / raw mean output tokens). Retention and per-token efficiency
+                carry paired bootstrap intervals over items; the training figures are single
+                measurements (seed-averaged).
+
+Tables (markdown + CSV each, in output_dir): compression (teacher x compressor, from the compress stage's
+summary in each compressed run's data folder), main (rows teacher/student/method, a column per variant),
+comparisons, truncation (compressed vs truncated at matched budget), ood (multiple-choice tasks, acc and
+acc_norm per variant with Wilson intervals), efficiency. The plot `accuracy_vs_length.png` has one panel
+per student: accuracy (error bars: the 95% interval) against mean output tokens. `report.json` holds
+every number.
 """
 
 from __future__ import annotations
@@ -30,43 +42,21 @@ import json
 import logging
 import math
 import os
+import statistics
+import sys
+from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
 from ml_collections import ConfigDict
 
-from jax_distill import checks
-from jax_distill.records import markdown_table
+from jax_distill import checks, uncertainty
+from jax_distill.records import iter_records, markdown_table
 
 log = logging.getLogger(__name__)
 
 KEY = ("teacher", "student", "method", "variant")
-MAIN_COLUMNS = KEY + (
-    "accuracy",
-    "median_reasoning_tokens",
-    "median_output_tokens",
-    "mean_output_tokens",
-    "train_tokens",
-    "train_time_s",
-    "train_speedup",
-    "train_token_ratio",
-    "length_reduction",
-    "accuracy_retention",
-    "token_efficiency",
-)
-HEADERS = {
-    "accuracy": "acc",
-    "median_reasoning_tokens": "median reasoning tok",
-    "median_output_tokens": "median output tok",
-    "mean_output_tokens": "mean output tok",
-    "train_tokens": "train tokens",
-    "train_time_s": "train time (s)",
-    "train_speedup": "train speedup",
-    "train_token_ratio": "train tokens / raw",
-    "length_reduction": "length reduction",
-    "accuracy_retention": "acc retention",
-    "token_efficiency": "per-token efficiency",
-}
+ROW = KEY[:3]  # a table row: one teacher/student/method, variants side by side
 
 
 # ----------------------------------------------------------------------------- config
@@ -76,8 +66,10 @@ def default_config() -> ConfigDict:
     """Every field of the report stage; configs/eval/report.py starts here."""
     c = ConfigDict()
     c.runs = ()  # globs of run directories, or of a grid root to search below (command line: a,b)
-    c.output_dir = ""  # main_table.{md,csv}, ood_table.{md,csv}, accuracy_vs_length_<student>.png, report.json
-    c.baseline = "raw"  # the variant every relative column compares against
+    c.output_dir = ""  # the tables (markdown + CSV), accuracy_vs_length.png and report.json
+    c.baseline = "raw"  # the variant every comparison and relative column is against
+    c.n_boot = uncertainty.N_BOOT  # bootstrap resamples per interval
+    c.seed = 0  # bootstrap seed (the report is deterministic)
     return c
 
 
@@ -89,17 +81,19 @@ def validate(config: ConfigDict) -> None:
     checks.is_type(config, "output_dir", str)
     checks.need(bool(config.output_dir), "output_dir", "must be set (the tables and plots are written there)")
     checks.is_type(config, "baseline", str)
-    checks.need(bool(config.baseline), "baseline", "must name the variant relative columns compare against")
+    checks.need(bool(config.baseline), "baseline", "must name the variant comparisons are against")
+    checks.is_type(config, "n_boot", int)
+    checks.at_least(config, "n_boot", 100)
+    checks.is_type(config, "seed", int)
 
 
 # ----------------------------------------------------------------------------- reading runs
 
 
 def _find(run_dir: Path, name: str) -> Path | None:
-    direct = run_dir / name
-    if direct.exists():
-        return direct
-    found = sorted(run_dir.glob(f"*/{name}")) or sorted(run_dir.glob(f"**/{name}"))
+    if (run_dir / name).exists():
+        return run_dir / name
+    found = sorted(run_dir.glob(f"*/{name}"))
     return found[0] if found else None
 
 
@@ -108,46 +102,167 @@ def run_dirs(patterns: Sequence[str]) -> list[Path]:
     directories (so the grid's root works too)."""
     out: list[Path] = []
     for pattern in patterns:
-        for d in sorted(glob.glob(pattern)) or []:
-            d = Path(d)
-            if not d.is_dir():
+        for d in sorted(glob.glob(pattern)):
+            p = Path(d)
+            if not p.is_dir():
                 continue
-            if (d / "train_summary.json").exists():
-                out.append(d)
+            if (p / "train_summary.json").exists() or (p / "eval_results.json").exists():
+                out.append(p)
             else:
-                out.extend(sorted(p.parent for p in d.glob("**/train_summary.json")))
+                out.extend(q.parent for q in p.rglob("train_summary.json"))
     return sorted(set(out))
 
 
+def item_scores(samples_path: Path) -> dict[str, list[float]]:
+    """Per evaluation item: [share of correct samples, mean output tokens] from eval_samples.jsonl."""
+    correct, tokens = defaultdict(list), defaultdict(list)
+    for where, s in iter_records(str(samples_path)):
+        if isinstance(s, Exception):
+            raise ValueError(f"{where}: unreadable sample ({s})")
+        item = f"{s['dataset']}/{s['id']}"
+        correct[item].append(1.0 if s.get("correct") is True else 0.0)
+        tokens[item].append(float(s["output_tokens"]))
+    return {i: [statistics.fmean(correct[i]), statistics.fmean(tokens[i])] for i in correct}
+
+
 def collect_runs(patterns: Sequence[str]) -> tuple[list[dict], list[str]]:
-    """(runs, problems): each run is {dir, train: summary dict, eval: results dict}; problems lists the
-    skipped directories with the reason."""
-    runs, problems = [], []
+    """(runs, skipped): each run is {dir, train: summary, eval: results, items: item_scores}; skipped lists
+    the directories left out with the reason."""
+    runs, skipped = [], []
     for d in run_dirs(patterns):
         train_path, eval_path = d / "train_summary.json", _find(d, "eval_results.json")
         if eval_path is None:
-            problems.append(f"{d}: no eval_results.json")
+            skipped.append(f"{d}: no eval_results.json")
             continue
+        samples_path = eval_path.parent / "eval_samples.jsonl"
         try:
             train = json.loads(train_path.read_text())
             results = json.loads(eval_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            problems.append(f"{d}: unreadable ({e})")
+            items = item_scores(samples_path) if samples_path.exists() else None
+        except (OSError, ValueError, KeyError) as e:
+            skipped.append(f"{d}: unreadable ({e})")
             continue
         missing = [k for k in KEY + ("train_tokens", "train_time_s") if train.get(k) is None]
         if missing:
-            problems.append(f"{train_path}: missing field(s) {', '.join(missing)}")
+            skipped.append(f"{train_path}: missing field(s) {', '.join(missing)}")
             continue
         if "generation" not in results or "overall" not in results["generation"]:
-            problems.append(f"{eval_path}: no generation results")
+            skipped.append(f"{eval_path}: no generation results")
             continue
-        runs.append({"dir": str(d), "train": train, "eval": results})
-    if problems:
-        log.warning("report: skipped %d run(s): %s", len(problems), "; ".join(problems))
-    return runs, problems
+        if items is None:
+            skipped.append(f"{d}: no eval_samples.jsonl (needed for intervals and paired comparisons)")
+            continue
+        runs.append({"dir": str(d), "train": train, "eval": results, "items": items})
+    if skipped:
+        log.warning("report: skipped %d run(s): %s", len(skipped), "; ".join(skipped))
+    return runs, skipped
 
 
-# ----------------------------------------------------------------------------- the tables
+# ----------------------------------------------------------------------------- cells
+
+
+def group_cells(runs: list[dict]) -> dict[tuple, list[dict]]:
+    """Runs by cell (teacher, student, method, variant), seeds in order; a repeated seed is an error."""
+    cells: dict[tuple, dict] = defaultdict(dict)
+    for r in runs:
+        key = tuple(str(r["train"][k]) for k in KEY)
+        seed = r["train"].get("seed", 0)
+        if seed in cells[key]:
+            raise ValueError(f"two runs for {dict(zip(KEY, key))} seed {seed}: {cells[key][seed]['dir']} and {r['dir']}")
+        cells[key][seed] = r
+    return {key: [by_seed[s] for s in sorted(by_seed)] for key, by_seed in cells.items()}
+
+
+def _mean(values):
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return statistics.fmean(values) if values else None
+
+
+def cell_summary(key: tuple, runs: list[dict], n_boot: int, seed: int) -> dict:
+    """Accuracy with its interval (seed variation included), lengths and training figures of one cell."""
+    per_seed = [{i: v[0] for i, v in r["items"].items()} for r in runs]
+    if len(runs) == 1:
+        acc = uncertainty.mean_interval(list(per_seed[0].values()), n_boot=n_boot, seed=seed)
+        acc.update(sd=0.0, seeds=1)
+    else:
+        s = uncertainty.across_seeds(per_seed, n_boot=n_boot, seed=seed)
+        acc = {"n": len(per_seed[0]), "mean": s["mean"], "lo": s["lo"], "hi": s["hi"], "sd": s["sd"], "seeds": s["seeds"]}
+    overall = [r["eval"]["generation"]["overall"] for r in runs]
+    return {
+        **dict(zip(KEY, key)),
+        "seeds": acc["seeds"],
+        "n": acc["n"],
+        "accuracy": acc["mean"],
+        "accuracy_lo": acc["lo"],
+        "accuracy_hi": acc["hi"],
+        "accuracy_sd": acc["sd"],
+        "mean_output_tokens": _mean(o.get("mean_output_tokens") for o in overall),
+        "median_output_tokens": _mean(o.get("median_output_tokens") for o in overall),
+        "mean_reasoning_tokens": _mean(o.get("mean_reasoning_tokens") for o in overall),
+        "truncation_rate": _mean(o.get("truncation_rate") for o in overall),
+        "train_tokens": _mean(r["train"]["train_tokens"] for r in runs),
+        "train_time_s": _mean(r["train"]["train_time_s"] for r in runs),
+        "dirs": [r["dir"] for r in runs],
+    }
+
+
+def seed_averaged_items(runs: list[dict]) -> dict[str, list[float]]:
+    """Item -> [score, output tokens] averaged over the cell's seeds (items every seed scored)."""
+    shared = set.intersection(*(set(r["items"]) for r in runs))
+    return {i: [statistics.fmean(r["items"][i][c] for r in runs) for c in (0, 1)] for i in sorted(shared)}
+
+
+# ----------------------------------------------------------------------------- comparisons
+
+
+def compare(a_runs: list[dict], b_runs: list[dict], n_boot: int, seed: int) -> dict:
+    """A minus B on shared items: difference, paired interval, McNemar p where defined, resolved."""
+    a, b = seed_averaged_items(a_runs), seed_averaged_items(b_runs)
+    return uncertainty.paired({i: v[0] for i, v in a.items()}, {i: v[0] for i, v in b.items()}, n_boot=n_boot, seed=seed)
+
+
+def comparison_rows(cells: dict[tuple, list[dict]], baseline: str, n_boot: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """(each variant vs the baseline, compressed:X vs truncated:X) per teacher/student/method."""
+    versus_raw, truncation = [], []
+    for key, runs in cells.items():
+        row, variant = key[:3], key[3]
+        base = cells.get(row + (baseline,))
+        if variant != baseline and base is not None:
+            versus_raw.append({**dict(zip(ROW, row)), "variant": variant, "against": baseline,
+                               **compare(runs, base, n_boot, seed)})
+        if variant.startswith("compressed-") or variant.startswith("compressed:"):
+            comp = variant.split("-", 1)[1] if variant.startswith("compressed-") else variant.split(":", 1)[1]
+            trunc = next((cells[k] for k in (row + (f"truncated-{comp}",), row + (f"truncated:{comp}",)) if k in cells), None)
+            if trunc is not None:
+                c = compare(runs, trunc, n_boot, seed)
+                tokens = [_mean(r["eval"]["generation"]["overall"].get("mean_output_tokens") for r in x) for x in (runs, trunc)]
+                truncation.append({**dict(zip(ROW, row)), "compressor": comp, "compressed_mean_output_tokens": tokens[0],
+                                   "truncated_mean_output_tokens": tokens[1], **c})
+    return versus_raw, truncation
+
+
+def efficiency_rows(cells: dict[tuple, list[dict]], summaries: dict[tuple, dict], baseline: str, n_boot: int,
+                    seed: int) -> list[dict]:
+    """Training and inference gains against the baseline (definitions in the module docstring)."""
+    rows = []
+    for key, runs in cells.items():
+        base_key = key[:3] + (baseline,)
+        if key[3] == baseline or base_key not in cells:
+            continue
+        s, raw = summaries[key], summaries[base_key]
+        a, b = seed_averaged_items(runs), seed_averaged_items(cells[base_key])
+        retention = uncertainty.paired_statistic(a, b, lambda x, y: x[0] / y[0], n_boot=n_boot, seed=seed)
+        efficiency = uncertainty.paired_statistic(a, b, lambda x, y: (x[0] / x[1]) / (y[0] / y[1]), n_boot=n_boot, seed=seed)
+        rows.append({
+            **dict(zip(KEY, key)),
+            "train_speedup": _ratio(raw["train_time_s"], s["train_time_s"]),
+            "train_token_ratio": _ratio(s["train_tokens"], raw["train_tokens"]),
+            "length_reduction": _ratio(raw["mean_output_tokens"], s["mean_output_tokens"]),
+            "retention": retention["value"], "retention_lo": retention["lo"], "retention_hi": retention["hi"],
+            "token_efficiency": efficiency["value"], "token_efficiency_lo": efficiency["lo"],
+            "token_efficiency_hi": efficiency["hi"],
+        })
+    return rows
 
 
 def _ratio(a, b):
@@ -156,73 +271,139 @@ def _ratio(a, b):
     return a / b
 
 
-def build_rows(runs: list[dict], baseline: str = "raw") -> list[dict]:
-    """One row per run with absolute and raw-relative measures, sorted by teacher, student, method,
-    then variant (the baseline first)."""
-    rows, seen = [], {}
-    for r in runs:
-        t, g = r["train"], r["eval"]["generation"]["overall"]
-        key = tuple(str(t[k]) for k in KEY)
-        if key in seen:
-            raise ValueError(f"two runs for {dict(zip(KEY, key))}: {seen[key]} and {r['dir']}")
-        seen[key] = r["dir"]
-        rows.append(
-            {
-                **dict(zip(KEY, key)),
-                "accuracy": g.get("accuracy"),
-                "median_reasoning_tokens": g.get("median_reasoning_tokens"),
-                "median_output_tokens": g.get("median_output_tokens"),
-                "mean_output_tokens": g.get("mean_output_tokens"),
-                "train_tokens": t["train_tokens"],
-                "train_time_s": t["train_time_s"],
-                "multiple_choice": {k: v.get("acc") for k, v in (r["eval"].get("multiple_choice") or {}).items()},
-                "dir": r["dir"],
-            }
-        )
-    base = {tuple(row[k] for k in KEY[:3]): row for row in rows if row["variant"] == baseline}
-    for row in rows:
-        raw = base.get(tuple(row[k] for k in KEY[:3]))
-        if raw is None:
-            row.update(
-                train_speedup=None,
-                train_token_ratio=None,
-                length_reduction=None,
-                accuracy_retention=None,
-                token_efficiency=None,
-            )
+# ----------------------------------------------------------------------------- compression and OOD
+
+
+def compression_rows(cells: dict[tuple, list[dict]], summaries: dict[tuple, dict], baseline: str) -> list[dict]:
+    """Teacher x compressor: the compress stage's counts and mean rho (from the summary.json in the
+    compressed runs' data folder) and the training-token ratio against raw over every run using it."""
+    stage_summaries, token_ratios = {}, defaultdict(list)
+    for key, runs in cells.items():
+        variant = key[3]
+        if not variant.startswith("compressed"):
             continue
-        row["train_speedup"] = _ratio(raw["train_time_s"], row["train_time_s"])
-        row["train_token_ratio"] = _ratio(row["train_tokens"], raw["train_tokens"])
-        row["length_reduction"] = _ratio(raw["median_output_tokens"], row["median_output_tokens"])
-        row["accuracy_retention"] = _ratio(row["accuracy"], raw["accuracy"])
-        row["token_efficiency"] = _ratio(
-            _ratio(row["accuracy"], row["mean_output_tokens"]), _ratio(raw["accuracy"], raw["mean_output_tokens"])
-        )
-    rows.sort(key=lambda r: (r["teacher"], r["student"], r["method"], r["variant"] != baseline, r["variant"]))
+        comp = variant.replace(":", "-").split("-", 1)[1]
+        for r in runs:
+            for folder in r["train"].get("data_path") or ():
+                path = Path(folder) / "summary.json"
+                if path.exists():
+                    stage_summaries[(key[0], comp)] = json.loads(path.read_text())
+        raw = summaries.get(key[:3] + (baseline,))
+        if raw is not None:
+            token_ratios[(key[0], comp)].append(_ratio(summaries[key]["train_tokens"], raw["train_tokens"]))
+    rows = []
+    for teacher, comp in sorted(set(stage_summaries) | set(token_ratios)):
+        s = stage_summaries.get((teacher, comp), {})
+        total, table = s.get("total", {}), s.get("table", [])
+        examples = sum(t["examples"] for t in table)
+        weighted = lambda f: (sum(t[f] * t["compressed"] for t in table if t.get(f) is not None)  # noqa: E731
+                              / max(1, sum(t["compressed"] for t in table if t.get(f) is not None))) if table else None
+        rows.append({
+            "teacher": teacher, "compressor": comp, "examples": examples or None,
+            "mean_rho_chars": weighted("mean_rho_chars"), "mean_rho_tokens": weighted("mean_rho_tokens"),
+            "train_token_ratio": _mean(token_ratios.get((teacher, comp), [])),
+            "fallback_raw": total.get("fallback_raw"), "dropped": total.get("dropped"),
+            "errors": sum(total.get("errors", {}).values()) if total else None,
+        })
     return rows
 
 
-def _fmt(col: str, v: Any) -> str:
+def ood_rows(cells: dict[tuple, list[dict]]) -> list[dict]:
+    """Per teacher/student/method/task and variant: acc and acc_norm (seed means) with Wilson intervals
+    on the task's n (pooled over seeds)."""
+    rows = []
+    for key, runs in cells.items():
+        tasks = sorted(set.intersection(*(set(r["eval"].get("multiple_choice") or {}) for r in runs)))
+        for task in tasks:
+            res = [r["eval"]["multiple_choice"][task] for r in runs]
+            n = sum(x["n"] for x in res)
+            row = {**dict(zip(KEY, key)), "task": task, "n": n}
+            for metric in ("acc", "acc_norm"):
+                hits = sum(round(x[metric] * x["n"]) for x in res if x.get(metric) is not None)
+                lo, hi = uncertainty.wilson(hits, n)
+                row.update({metric: _mean(x.get(metric) for x in res), f"{metric}_lo": lo, f"{metric}_hi": hi})
+            rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def _num(v, digits=3) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
-    if col in KEY:
-        return str(v)
-    if col in ("accuracy", "accuracy_retention") or col.startswith("ood:"):
-        return f"{v:.3f}"
-    if col in ("train_speedup", "length_reduction", "token_efficiency"):
-        return f"{v:.2f}x"
-    if col == "train_token_ratio":
-        return f"{v:.3f}"
-    if col == "train_time_s":
-        return f"{v:.1f}"
-    return f"{v:.0f}" if float(v) == int(v) or col.endswith("tokens") else f"{v:.1f}"
+    return f"{v:.{digits}f}"
 
 
-def markdown(rows: list[dict], columns: Sequence[str]) -> str:
-    return markdown_table(rows, columns, _fmt, [HEADERS.get(c, c.removeprefix("ood:")) for c in columns])
+def _interval(v, lo, hi, digits=3) -> str:
+    return "-" if v is None else f"{_num(v, digits)} [{_num(lo, digits)}, {_num(hi, digits)}]"
 
 
-def _csv(rows: list[dict], columns: Sequence[str]) -> str:
+def _times(v) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def _p(v) -> str:
+    return "-" if v is None else ("<0.001" if v < 0.001 else f"{v:.3f}")
+
+
+def wide_table(summaries: list[dict], variants: Sequence[str]) -> tuple[list[dict], list[str]]:
+    """The main table: a row per teacher/student/method, a column per variant, each cell
+    "acc [lo, hi]" (with "±sd (k seeds)" when several seeds were trained)."""
+    rows: dict[tuple, dict] = {}
+    for s in summaries:
+        row = rows.setdefault(tuple(s[k] for k in ROW), dict(zip(ROW, (s[k] for k in ROW))))
+        text = _interval(s["accuracy"], s["accuracy_lo"], s["accuracy_hi"])
+        if s["seeds"] > 1:
+            text += f" ±{s['accuracy_sd']:.3f} ({s['seeds']} seeds)"
+        row[s["variant"]] = text
+    n = {tuple(s[k] for k in ROW): s["n"] for s in summaries}
+    for key, row in rows.items():
+        row["n"] = n[key]
+    return list(rows.values()), list(ROW) + ["n"] + list(variants)
+
+
+def _text_rows(rows: list[dict], formats: dict[str, Any]) -> list[dict]:
+    """Rows with the formatted columns added (markdown only; the CSV keeps the numbers)."""
+    return [{**r, **{name: f(r) for name, f in formats.items()}} for r in rows]
+
+
+TABLES = {
+    # name: (markdown columns, markdown formatters)
+    "comparisons": (list(ROW) + ["variant", "against", "n", "difference", "mcnemar_p", "resolved"], {
+        "difference": lambda r: _interval(r["diff"], r["diff_lo"], r["diff_hi"], 3),
+        "mcnemar_p": lambda r: _p(r.get("mcnemar_p")),
+        "resolved": lambda r: "yes" if r["resolved"] else "no",
+    }),
+    "truncation": (list(ROW) + ["compressor", "n", "compressed", "truncated", "difference", "mcnemar_p", "resolved",
+                                "tokens"], {
+        "compressed": lambda r: _num(r["a"]), "truncated": lambda r: _num(r["b"]),
+        "difference": lambda r: _interval(r["diff"], r["diff_lo"], r["diff_hi"]),
+        "mcnemar_p": lambda r: _p(r.get("mcnemar_p")),
+        "resolved": lambda r: "yes" if r["resolved"] else "no",
+        "tokens": lambda r: f"{_num(r['compressed_mean_output_tokens'], 0)} vs {_num(r['truncated_mean_output_tokens'], 0)}",
+    }),
+    "efficiency": (list(KEY) + ["train_speedup", "train_token_ratio", "length_reduction", "retention", "token_efficiency"], {
+        "train_speedup": lambda r: _times(r["train_speedup"]),
+        "train_token_ratio": lambda r: _num(r["train_token_ratio"]),
+        "length_reduction": lambda r: _times(r["length_reduction"]),
+        "retention": lambda r: _interval(r["retention"], r["retention_lo"], r["retention_hi"]),
+        "token_efficiency": lambda r: _interval(r["token_efficiency"], r["token_efficiency_lo"], r["token_efficiency_hi"], 2),
+    }),
+    "compression": (["teacher", "compressor", "examples", "mean_rho_chars", "mean_rho_tokens", "train_token_ratio",
+                     "fallback_raw", "dropped", "errors"], {
+        "mean_rho_chars": lambda r: _num(r["mean_rho_chars"]), "mean_rho_tokens": lambda r: _num(r["mean_rho_tokens"]),
+        "train_token_ratio": lambda r: _num(r["train_token_ratio"]),
+    }),
+    "ood": (list(KEY) + ["task", "n", "acc", "acc_norm"], {
+        "acc": lambda r: _interval(r["acc"], r["acc_lo"], r["acc_hi"]),
+        "acc_norm": lambda r: _interval(r["acc_norm"], r["acc_norm_lo"], r["acc_norm_hi"]),
+    }),
+}
+
+
+def _csv(rows: list[dict]) -> str:
+    columns = list(dict.fromkeys(c for r in rows for c in r if c != "dirs"))
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(columns)
@@ -231,110 +412,104 @@ def _csv(rows: list[dict], columns: Sequence[str]) -> str:
     return buf.getvalue()
 
 
-def ood_rows(rows: list[dict]) -> tuple[list[dict], list[str]]:
-    tasks = sorted({t for r in rows for t in r["multiple_choice"]})
-    out = []
-    for r in rows:
-        mc = r["multiple_choice"]
-        vals = [mc[t] for t in tasks if mc.get(t) is not None]
-        out.append(
-            {
-                **{k: r[k] for k in KEY},
-                **{f"ood:{t}": mc.get(t) for t in tasks},
-                "ood:mean": sum(vals) / len(vals) if vals else None,
-            }
-        )
-    return out, list(KEY) + [f"ood:{t}" for t in tasks] + ["ood:mean"]
+# ----------------------------------------------------------------------------- plot
 
 
-def plot_student(rows: list[dict], student: str, path: Path) -> Path:
-    """Accuracy vs median output tokens for one student: one point per teacher/method/variant."""
+def plot(summaries: list[dict], path: Path) -> Path:
+    """One panel per student: accuracy (error bars: 95% interval) against mean output tokens, a marker
+    per teacher, a colour per method, each point labelled with its variant."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts = [r for r in rows if r["student"] == student and r["accuracy"] is not None and r["median_output_tokens"]]
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    markers = {t: m for t, m in zip(sorted({r["teacher"] for r in pts}), "osD^v<>p*h")}
-    for method, color in zip(sorted({r["method"] for r in pts}), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
-        for r in (r for r in pts if r["method"] == method):
-            ax.scatter(
-                r["median_output_tokens"],
-                r["accuracy"],
-                marker=markers[r["teacher"]],
-                color=color,
-                label=f"{r['teacher']} / {method}",
-            )
-            ax.annotate(
-                r["variant"],
-                (r["median_output_tokens"], r["accuracy"]),
-                textcoords="offset points",
-                xytext=(4, 4),
-                fontsize=8,
-            )
-    handles, labels = ax.get_legend_handles_labels()
-    unique = dict(zip(labels, handles))
-    if unique:
-        ax.legend(unique.values(), unique.keys(), fontsize=8)
-    if pts and min(r["median_output_tokens"] for r in pts) > 0:
-        ax.set_xscale("log")
-    ax.margins(x=0.12, y=0.08)  # room for the variant labels
-    ax.set_xlabel("median output tokens at inference")
-    ax.set_ylabel("accuracy (in-distribution)")
-    ax.set_title(f"{student}: accuracy vs output length")
-    ax.grid(alpha=0.3)
+    students = sorted({s["student"] for s in summaries})
+    fig, axes = plt.subplots(1, len(students), figsize=(6.0 * len(students), 4.4), squeeze=False)
+    markers = dict(zip(sorted({s["teacher"] for s in summaries}), "osD^v<>p*h"))
+    colors = dict(zip(sorted({s["method"] for s in summaries}), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for ax, student in zip(axes[0], students):
+        pts = [s for s in summaries if s["student"] == student and s["accuracy"] is not None and s["mean_output_tokens"]]
+        for s in pts:
+            err = [[s["accuracy"] - s["accuracy_lo"]], [s["accuracy_hi"] - s["accuracy"]]]
+            ax.errorbar(s["mean_output_tokens"], s["accuracy"], yerr=err, fmt=markers[s["teacher"]],
+                        color=colors[s["method"]], capsize=3, label=f"{s['teacher']} / {s['method']}")
+            ax.annotate(s["variant"], (s["mean_output_tokens"], s["accuracy"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=8)
+        handles, labels = ax.get_legend_handles_labels()
+        if labels:
+            unique = dict(zip(labels, handles))
+            ax.legend(unique.values(), unique.keys(), fontsize=8)
+        if pts:
+            ax.set_xscale("log")
+        ax.margins(x=0.12, y=0.08)
+        ax.set_xlabel("mean output tokens at inference")
+        ax.set_ylabel("accuracy (in-distribution), 95% interval")
+        ax.set_title(student)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+# ----------------------------------------------------------------------------- the stage
 
 
-def write_report(rows: list[dict], out_dir: str | os.PathLike, problems: Sequence[str] = ()) -> dict:
-    """Tables (markdown + CSV) and plots; returns the written paths."""
+def build(runs: list[dict], baseline: str = "raw", n_boot: int = uncertainty.N_BOOT, seed: int = 0) -> dict:
+    """Every table's rows (numbers, not text) from collected runs."""
+    cells = group_cells(runs)
+    summaries = {key: cell_summary(key, r, n_boot, seed) for key, r in cells.items()}
+    order = lambda key: (key[:3], key[3] != baseline, key[3])  # noqa: E731  the baseline first in each row
+    cells = {key: cells[key] for key in sorted(cells, key=order)}
+    versus_raw, truncation = comparison_rows(cells, baseline, n_boot, seed)
+    return {
+        "cells": [summaries[key] for key in cells],
+        "variants": list(dict.fromkeys(key[3] for key in sorted(cells, key=lambda k: (k[3] != baseline, k[3])))),
+        "comparisons": versus_raw,
+        "truncation": truncation,
+        "efficiency": efficiency_rows(cells, summaries, baseline, n_boot, seed),
+        "compression": compression_rows(cells, summaries, baseline),
+        "ood": ood_rows(cells),
+    }
+
+
+def write_report(tables: dict, out_dir: str | os.PathLike, skipped: Sequence[str] = ()) -> dict:
+    """Every table as markdown + CSV, the plot and report.json; returns the written paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    ood, ood_cols = ood_rows(rows)
-    for name, table, cols in (("main", rows, MAIN_COLUMNS), ("ood", ood, ood_cols)):
-        (out / f"{name}_table.md").write_text(markdown(table, cols))
-        (out / f"{name}_table.csv").write_text(_csv(table, cols))
+    main_rows, main_cols = wide_table(tables["cells"], tables["variants"])
+    markdown = {"main": markdown_table(main_rows, main_cols, lambda _c, v: "-" if v is None else str(v))}
+    csv_rows = {"main": tables["cells"]}
+    for name, (columns, formats) in TABLES.items():
+        markdown[name] = markdown_table(_text_rows(tables[name], formats), columns, lambda _c, v: "-" if v is None else str(v))
+        csv_rows[name] = tables[name]
+    paths: dict[str, Any] = {}
+    for name, text in markdown.items():
+        (out / f"{name}_table.md").write_text(text)
+        (out / f"{name}_table.csv").write_text(_csv(csv_rows[name]))
         paths[name] = {"md": str(out / f"{name}_table.md"), "csv": str(out / f"{name}_table.csv")}
-    paths["plots"] = {
-        s: str(plot_student(rows, s, out / f"accuracy_vs_length_{_safe(s)}.png"))
-        for s in sorted({r["student"] for r in rows})
-    }
-    (out / "report.json").write_text(json.dumps({"rows": rows, "skipped": list(problems), "files": paths}, indent=2))
+    paths["plot"] = str(plot(tables["cells"], out / "accuracy_vs_length.png")) if tables["cells"] else None
+    (out / "report.json").write_text(json.dumps({**tables, "skipped": list(skipped), "files": paths}, indent=2))
     paths["json"] = str(out / "report.json")
+    paths["markdown"] = markdown
     return paths
-
-
-def print_main_table(rows: list[dict], file=None) -> str:
-    """Print (and return) the main table of build_rows' rows in markdown."""
-    import sys
-
-    text = markdown(rows, MAIN_COLUMNS)
-    print(text, file=file or sys.stdout)
-    return text
 
 
 def run(config) -> dict:
-    """Collect the runs named by config.runs, write the report to config.output_dir; returns paths."""
+    """Collect the runs named by config.runs, write the report to config.output_dir, print the main and
+    comparison tables; returns the written paths."""
     validate(config)
-    runs, problems = collect_runs(config.runs)
+    runs, skipped = collect_runs(config.runs)
     if not runs:
-        raise ValueError(
-            f"report: no complete runs under {config.runs!r}" + (f" ({'; '.join(problems)})" if problems else "")
-        )
-    rows = build_rows(runs, config.baseline)
-    paths = write_report(rows, config.output_dir, problems)
-    print_main_table(rows)
-    log.info("report: %d runs (%d skipped) -> %s", len(runs), len(problems), config.output_dir)
-    return paths
+        raise ValueError(f"report: no complete runs under {config.runs!r}" + (f" ({'; '.join(skipped)})" if skipped else ""))
+    tables = build(runs, config.baseline, config.n_boot, config.seed)
+    paths = write_report(tables, config.output_dir, skipped)
+    for name, title in (("main", "accuracy, 95% intervals"), ("comparisons", f"paired differences against {config.baseline}"),
+                        ("truncation", "compressed vs length-matched truncated")):
+        if name == "main" or tables[name]:
+            print(f"\n## {title}\n\n{paths['markdown'][name]}", file=sys.stdout)
+    log.info("report: %d runs (%d skipped) -> %s", len(runs), len(skipped), config.output_dir)
+    return {k: v for k, v in paths.items() if k != "markdown"}
 
 
 if __name__ == "__main__":

@@ -135,3 +135,36 @@ def across_seeds(
         "hi": hi,
         "per_seed": [float(a) for a in accs],
     }
+
+
+def mean_interval(scores: Sequence[float], *, level: float = LEVEL, n_boot: int = N_BOOT, seed: int = 0) -> dict:
+    """The mean of per-item scores with its 95% interval: Wilson when every score is 0/1 (one sample per
+    item), else a bootstrap over items (several samples per item give fractional scores)."""
+    x = np.asarray(scores, np.float64)
+    if x.size == 0:
+        return {"n": 0, "mean": float("nan"), "lo": float("nan"), "hi": float("nan")}
+    if np.isin(x, (0.0, 1.0)).all():
+        lo, hi = wilson(int(x.sum()), x.size, level)
+    else:
+        lo, hi = _percentile(x[_resample(x.size, n_boot, np.random.default_rng(seed))].mean(axis=1), level)
+    return {"n": int(x.size), "mean": float(x.mean()), "lo": lo, "hi": hi}
+
+
+def paired_statistic(
+    a: Mapping[str, Sequence[float]], b: Mapping[str, Sequence[float]], statistic, *, level: float = LEVEL,
+    n_boot: int = N_BOOT, seed: int = 0,
+) -> dict:
+    """A statistic of the per-column means of two variants on their shared items (e.g. per-token
+    efficiency: statistic(ma, mb) = (ma[0] / ma[1]) / (mb[0] / mb[1]) with columns accuracy and output
+    tokens), with a paired bootstrap interval over items. a, b: item -> that item's column values."""
+    ids = sorted(set(a) & set(b))
+    if not ids:
+        raise ValueError("paired statistic: the two variants share no evaluation items")
+    x = np.array([a[i] for i in ids], np.float64)  # [items, columns]
+    y = np.array([b[i] for i in ids], np.float64)
+    idx = _resample(len(ids), n_boot, np.random.default_rng(seed))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        draws = np.array(statistic(x[idx].mean(axis=1).T, y[idx].mean(axis=1).T), np.float64)
+        value = float(statistic(x.mean(axis=0), y.mean(axis=0)))
+    lo, hi = _percentile(draws, level)
+    return {"n": len(ids), "value": value, "lo": lo, "hi": hi}

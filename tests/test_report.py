@@ -1,123 +1,163 @@
-"""Report: tables and plots from a fixture grid of runs, every number recomputed here."""
+"""Report: tables, intervals and paired comparisons from synthetic runs whose truth is known."""
 
 import csv
 import json
+import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from jax_distill import report
 
-# (teacher, student, method, variant) -> (train_tokens, train_time_s, accuracy, median_reasoning, median_out, mean_out)
-GRID = {
-    ("qwen", "tiny-a", "lora", "raw"): (1_000_000, 400.0, 0.80, 900, 1000, 1100.0),
-    ("qwen", "tiny-a", "lora", "llama"): (200_000, 100.0, 0.72, 90, 150, 160.0),
-    ("qwen", "tiny-a", "lora", "answer_only"): (50_000, 25.0, 0.30, 0, 12, 14.0),
-    ("qwen", "tiny-a", "full", "raw"): (1_000_000, 800.0, 0.85, 950, 1040, 1200.0),
-    ("qwen", "tiny-a", "full", "ministral"): (120_000, 160.0, 0.70, 60, 100, 110.0),
-    ("gptoss", "tiny-b", "lora", "llama"): (300_000, 90.0, 0.50, 70, 80, 85.0),  # no raw: relative columns empty
-}
+N = 200  # evaluation problems per run
 
 
-def make_grid(root):
-    for i, (key, (tokens, secs, acc, med_r, med_o, mean_o)) in enumerate(GRID.items()):
-        run = root / f"run{i}"
-        (run / "eval").mkdir(parents=True)
-        (run / "train_summary.json").write_text(
-            json.dumps(
-                {**dict(zip(report.KEY, key)), "train_tokens": tokens, "train_time_s": secs, "status": "complete"}
-            )
-        )
-        overall = {
-            "n": 50,
-            "accuracy": acc,
-            "median_reasoning_tokens": med_r,
-            "median_output_tokens": med_o,
-            "mean_output_tokens": mean_o,
-            "truncation_rate": 0.0,
-        }
-        (run / "eval" / "eval_results.json").write_text(
-            json.dumps(
-                {
-                    "checkpoint": str(run / "export"),
-                    "generation": {"overall": overall, "by_dataset": {}},
-                    "multiple_choice": {"hellaswag": {"acc": 0.25 + i / 100, "acc_norm": 0.3}, "boolq": {"acc": 0.6}},
-                }
-            )
-        )
+def wilson_by_hand(k, n, z=1.959963984540054):
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
+
+
+def write_run(root, name, *, variant, correct, tokens, seed=0, teacher="qwen", student="tiny-a", method="lora",
+              train_tokens=1000, train_time_s=100.0, data_path=(), mc=None):
+    """A run directory as train + evaluate write it; correct[i] says whether problem i was answered."""
+    run = root / name
+    (run / "eval").mkdir(parents=True)
+    (run / "train_summary.json").write_text(json.dumps({
+        "teacher": teacher, "student": student, "method": method, "variant": variant, "seed": seed,
+        "train_tokens": train_tokens, "train_time_s": train_time_s, "data_path": list(data_path), "status": "complete"}))
+    samples = [{"id": f"p{i:03d}", "dataset": "arith", "sample": 0, "correct": bool(c), "output_tokens": tokens}
+               for i, c in enumerate(correct)]
+    (run / "eval" / "eval_samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    overall = {"n": len(correct), "accuracy": float(np.mean(correct)), "mean_output_tokens": float(tokens),
+               "median_output_tokens": float(tokens), "mean_reasoning_tokens": float(tokens - 5), "truncation_rate": 0.0}
+    (run / "eval" / "eval_results.json").write_text(json.dumps(
+        {"generation": {"overall": overall, "by_dataset": {}}, "multiple_choice": mc or {}}))
+    return run
+
+
+def first(k, n=N):
+    return [1] * k + [0] * (n - k)
+
+
+@pytest.fixture
+def grid(tmp_path):
+    root = tmp_path / "runs"
+    comp_dir = tmp_path / "traces" / "compressed-llama"
+    comp_dir.mkdir(parents=True)
+    (comp_dir / "summary.json").write_text(json.dumps({
+        "stage": "compress", "total": {"inputs": 100, "compressed": 90, "fallback_raw": 8, "dropped": 2, "errors": {}},
+        "table": [{"dataset": "arith", "compressor": "llama", "examples": 98, "compressed": 90, "fallback_raw": 8,
+                   "mean_rho_chars": 0.25, "mean_rho_tokens": 0.3}]}))
+    mc = {"hellaswag": {"n": 100, "acc": 0.31, "acc_norm": 0.35}}
+    write_run(root, "raw", variant="raw", correct=first(160), tokens=400, train_tokens=10_000, train_time_s=400.0, mc=mc)
+    # wide margin below raw: resolved
+    write_run(root, "answer_only", variant="answer-only", correct=first(40), tokens=10, train_tokens=1_000,
+              train_time_s=50.0)
+    # the same accuracy as raw on other items: not resolved (McNemar on 40 vs 40 discordant pairs)
+    write_run(root, "compressed", variant="compressed-llama", correct=[1] * 120 + [0] * 40 + [1] * 40, tokens=100,
+              train_tokens=2_500, train_time_s=100.0, data_path=[str(comp_dir)])
+    write_run(root, "truncated", variant="truncated-llama", correct=first(100), tokens=100, train_tokens=2_500,
+              train_time_s=100.0)
+    # one cell trained with three seeds
+    for s, k in enumerate((150, 160, 170)):
+        write_run(root, f"full-raw-s{s}", variant="raw", method="full", seed=s, correct=first(k), tokens=380)
     (root / "broken").mkdir()
     (root / "broken" / "train_summary.json").write_text(json.dumps({"teacher": "qwen"}))  # no eval, no fields
+    return root
 
 
-def test_report_tables_and_plots(tmp_path, capsys):
-    make_grid(tmp_path / "runs")
+def run_report(root, out, **fields):
     from jax_distill.cli import load_config
 
-    cfg = load_config("configs/eval/report.py", {"runs": str(tmp_path / "runs"), "output_dir": str(tmp_path / "out")})
-    paths = report.run(cfg)
-    printed = capsys.readouterr().out
-    rows = list(csv.DictReader(open(paths["main"]["csv"])))
-    assert len(rows) == len(GRID)
-    num = lambda v: None if v == "" else float(v)  # noqa: E731
-    for r in rows:
-        key = tuple(r[k] for k in report.KEY)
-        tokens, secs, acc, med_r, med_o, mean_o = GRID[key]
-        assert num(r["accuracy"]) == acc and num(r["median_reasoning_tokens"]) == med_r
-        assert num(r["train_tokens"]) == tokens and num(r["train_time_s"]) == secs
-        raw = GRID.get(key[:3] + ("raw",))
-        if raw is None:
-            assert all(
-                r[c] == "" for c in ("train_speedup", "length_reduction", "accuracy_retention", "token_efficiency")
-            )
-            continue
-        assert num(r["train_speedup"]) == pytest.approx(raw[1] / secs)
-        assert num(r["train_token_ratio"]) == pytest.approx(tokens / raw[0])
-        assert num(r["length_reduction"]) == pytest.approx(raw[4] / med_o)
-        assert num(r["accuracy_retention"]) == pytest.approx(acc / raw[2])
-        assert num(r["token_efficiency"]) == pytest.approx((acc / mean_o) / (raw[2] / raw[5]))
-    # raw first within its cell, then the other variants
-    assert [r["variant"] for r in rows if r["method"] == "lora" and r["student"] == "tiny-a"] == [
-        "raw",
-        "answer_only",
-        "llama",
-    ]
+    cfg = load_config("configs/eval/report.py", {"runs": str(root), "output_dir": str(out), "n_boot": 2000, **fields})
+    return report.run(cfg)
+
+
+def rows_of(paths, name):
+    return list(csv.DictReader(open(paths[name]["csv"])))
+
+
+def test_every_accuracy_has_its_interval(grid, tmp_path, capsys):
+    paths = run_report(grid, tmp_path / "out")
+    cells = {(r["method"], r["variant"]): r for r in rows_of(paths, "main")}
+    raw = cells[("lora", "raw")]
+    lo, hi = wilson_by_hand(160, N)
+    assert float(raw["accuracy"]) == 0.8 and int(raw["n"]) == N and int(raw["seeds"]) == 1
+    assert float(raw["accuracy_lo"]) == pytest.approx(lo, abs=1e-9) and float(raw["accuracy_hi"]) == pytest.approx(hi, abs=1e-9)
     md = open(paths["main"]["md"]).read()
-    assert md.strip() in printed  # the main table also goes to stdout
-    assert "| qwen | tiny-a | lora | llama | 0.720 | 90 |" in md and "| 4.00x |" in md  # 400 s / 100 s
-    ood = list(csv.DictReader(open(paths["ood"]["csv"])))
-    assert float(ood[0]["ood:mean"]) == pytest.approx((float(ood[0]["ood:hellaswag"]) + 0.6) / 2)
-    assert set(paths["plots"]) == {"tiny-a", "tiny-b"}
-    for png in paths["plots"].values():
-        assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert f"| qwen | tiny-a | lora | {N} | 0.800 [{lo:.3f}, {hi:.3f}] |" in md  # variants are columns, raw first
+    assert md.splitlines()[0].startswith("| teacher | student | method | n | raw |")
+    printed = capsys.readouterr().out
+    assert md.strip() in printed
     skipped = json.loads(open(paths["json"]).read())["skipped"]
     assert len(skipped) == 1 and "broken" in skipped[0] and "no eval_results.json" in skipped[0]
 
 
-def test_duplicate_runs_are_named(tmp_path):
-    make_grid(tmp_path / "a")
-    make_grid(tmp_path / "b")
-    runs, _ = report.collect_runs(f"{tmp_path}/a,{tmp_path}/b")
-    with pytest.raises(ValueError, match=r"two runs for .*run0 and .*run0"):
-        report.build_rows(runs)
+def test_seeds_are_aggregated_with_their_variation(grid, tmp_path):
+    paths = run_report(grid, tmp_path / "out")
+    full = next(r for r in rows_of(paths, "main") if r["method"] == "full")
+    accs = [150 / N, 160 / N, 170 / N]
+    assert int(full["seeds"]) == 3 and float(full["accuracy"]) == pytest.approx(np.mean(accs))
+    assert float(full["accuracy_sd"]) == pytest.approx(np.std(accs, ddof=1))
+    one_seed = wilson_by_hand(160, N)
+    # seed variation widens the interval beyond one seed's Wilson interval
+    assert float(full["accuracy_hi"]) - float(full["accuracy_lo"]) > one_seed[1] - one_seed[0]
+    assert "(3 seeds)" in open(paths["main"]["md"]).read()
 
 
-def test_cli_writes_tables(tmp_path):
-    make_grid(tmp_path / "runs")
+def test_paired_comparisons_resolve_only_real_differences(grid, tmp_path):
+    paths = run_report(grid, tmp_path / "out")
+    comp = {r["variant"]: r for r in rows_of(paths, "comparisons")}
+    answer_only, compressed = comp["answer-only"], comp["compressed-llama"]
+    assert float(answer_only["diff"]) == pytest.approx(-0.6) and answer_only["resolved"] == "True"
+    assert float(answer_only["diff_hi"]) < 0 and float(answer_only["mcnemar_p"]) < 1e-30
+    assert float(compressed["diff"]) == 0.0 and compressed["resolved"] == "False"
+    assert float(compressed["diff_lo"]) < 0 < float(compressed["diff_hi"])
+    assert int(compressed["only_a"]) == 40 and int(compressed["only_b"]) == 40 and float(compressed["mcnemar_p"]) == 1.0
+    trunc = rows_of(paths, "truncation")
+    assert len(trunc) == 1 and float(trunc[0]["diff"]) == pytest.approx(0.3) and trunc[0]["resolved"] == "True"
+    # the discordant pairs: compressed alone right on 60 items (100-119 and 160-199), truncated alone on none
+    assert int(trunc[0]["only_a"]) == 60 and int(trunc[0]["only_b"]) == 0
+    assert "| qwen | tiny-a | lora | answer-only | raw | 200 | -0.600 [" in open(paths["comparisons"]["md"]).read()
+
+
+def test_efficiency_and_compression_tables(grid, tmp_path):
+    paths = run_report(grid, tmp_path / "out")
+    eff = {r["variant"]: r for r in rows_of(paths, "efficiency") if r["method"] == "lora"}
+    c = eff["compressed-llama"]
+    assert float(c["train_speedup"]) == pytest.approx(4.0) and float(c["train_token_ratio"]) == pytest.approx(0.25)
+    assert float(c["length_reduction"]) == pytest.approx(4.0) and float(c["retention"]) == pytest.approx(1.0)
+    assert float(c["token_efficiency"]) == pytest.approx(4.0)  # same accuracy in a quarter of the tokens
+    assert float(c["retention_lo"]) < 1.0 < float(c["retention_hi"])
+    assert float(eff["answer-only"]["retention"]) == pytest.approx(0.25) and float(eff["answer-only"]["retention_hi"]) < 1
+    (comp,) = rows_of(paths, "compression")
+    assert (comp["teacher"], comp["compressor"], comp["examples"]) == ("qwen", "llama", "98")
+    assert float(comp["mean_rho_chars"]) == 0.25 and float(comp["train_token_ratio"]) == 0.25
+    assert (comp["fallback_raw"], comp["dropped"]) == ("8", "2")
+    (ood,) = rows_of(paths, "ood")
+    lo, hi = wilson_by_hand(31, 100)
+    assert ood["task"] == "hellaswag" and float(ood["acc_lo"]) == pytest.approx(lo) and float(ood["acc_hi"]) == pytest.approx(hi)
+    assert open(paths["plot"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_repeated_seed_is_named(grid, tmp_path):
+    write_run(tmp_path / "more", "raw-again", variant="raw", correct=first(10), tokens=400)
+    runs, _ = report.collect_runs([str(grid), str(tmp_path / "more")])
+    with pytest.raises(ValueError, match=r"two runs for .* seed 0: .*raw-again and .*runs/raw"):
+        report.build(runs, n_boot=200)
+
+
+def test_cli_writes_tables(grid, tmp_path):
     res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jax_distill.report",
-            "--config",
-            "configs/eval/report.py",
-            f"--config.runs={tmp_path}/runs/run*",
-            f"--config.output_dir={tmp_path}/out",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [sys.executable, "-m", "jax_distill.report", "--config", "configs/eval/report.py",
+         f"--config.runs={grid}/raw,{grid}/compressed", f"--config.output_dir={tmp_path}/out", "--config.n_boot=500"],
+        capture_output=True, text=True, timeout=300,
     )
     assert res.returncode == 0, res.stderr
-    assert "| teacher | student | method | variant | acc |" in res.stdout
-    assert (tmp_path / "out" / "accuracy_vs_length_tiny-a.png").exists()
+    assert "| teacher | student | method | n | raw | compressed-llama |" in res.stdout
+    assert "paired differences against raw" in res.stdout
+    assert (tmp_path / "out" / "accuracy_vs_length.png").exists()
