@@ -1,12 +1,14 @@
 """`python -m jax_distill.train --config configs/train/<x>.py [--config.a.b=v]`: distil traces into a student.
 
-Wiring only: mesh -> student (born sharded, LoRA applied) -> Grain batches -> jitted step -> orbax
-checkpoints -> exports and train_summary.json. Rerunning the same command resumes from the latest
-complete checkpoint (state, RNG and data position), bit for bit. `run(config)` is the same in-process.
+Wiring only: mesh -> student (born sharded, LoRA applied) -> Grain batches -> jitted step + hooks that run
+every N steps (metrics, orbax checkpoints, and any a caller adds) -> exports and train_summary.json.
+Rerunning the same command resumes from the latest complete checkpoint (state, RNG and data position),
+bit for bit. `run(config, hooks)` is the same in-process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -14,6 +16,8 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
@@ -27,25 +31,136 @@ from jax_distill.training import checkpoint, export, lora, metrics, optim
 from jax_distill.training import config as config_lib
 from jax_distill.training import state as state_lib
 from jax_distill.training import student as student_lib
+from jax_distill.training.state import TrainState
 
 log = logging.getLogger(__name__)
 
 
-def _fault(step: int) -> None:
-    """Test hook: JAX_DISTILL_FAULT="kill@N" sends SIGKILL to this process after step N (a crash with no
-    cleanup, possibly mid-checkpoint); "pause@N" waits after step N until <JAX_DISTILL_FAULT_DIR>/paused
-    is removed; several comma-separated faults apply in turn."""
-    for spec in filter(None, os.environ.get("JAX_DISTILL_FAULT", "").split(",")):
-        kind, _, at = spec.partition("@")
-        if int(at) != step:
-            continue
-        if kind == "kill":
-            os.kill(os.getpid(), signal.SIGKILL)
-        if kind == "pause":
-            flag = os.path.join(os.environ["JAX_DISTILL_FAULT_DIR"], "paused")
-            open(flag, "w").close()
-            while os.path.exists(flag):
-                time.sleep(0.05)
+class Hook(Protocol):
+    """Runs after every `every`-th step (0 = never) with the updated state and the step's metrics."""
+
+    every: int
+
+    def __call__(self, step: int, state: TrainState, step_metrics: dict) -> None: ...
+
+
+class Clock:
+    """Training wall time summed over resumes: the restored state's time_s plus this run's time."""
+
+    def __init__(self, state: TrainState, sharding):
+        self.before, self.start, self.sharding = float(state.time_s), time.perf_counter(), sharding
+
+    def stamp(self, state: TrainState) -> TrainState:
+        seconds = self.before + time.perf_counter() - self.start
+        return dataclasses.replace(state, time_s=jax.device_put(jnp.asarray(seconds, jnp.float32), self.sharding))
+
+
+@dataclasses.dataclass
+class LogMetrics:
+    """Every step: metrics.jsonl, TensorBoard and the progress line; keeps the last row for the summary."""
+
+    writer: metrics.MetricsWriter
+    every: int = 1
+    last: dict = dataclasses.field(default_factory=dict)
+
+    def __call__(self, step, state, step_metrics):
+        self.last = self.writer.write(step, jax.device_get(step_metrics))
+
+
+@dataclasses.dataclass
+class SaveCheckpoint:
+    """State + data position every checkpoint.every steps before the last; `finish` saves the step the run
+    ends at (the last, or the one SIGTERM stopped at) unless it is saved already."""
+
+    ckpt: checkpoint.Checkpointer
+    data: Iterator  # the Grain iterator whose position is saved with the state
+    clock: Clock
+    steps: int
+    every: int
+    saved: int  # the newest step on storage (the resumed one at the start)
+
+    def __call__(self, step, state, step_metrics):
+        if step < self.steps:
+            self.ckpt.save(step, self.clock.stamp(state), self.data)
+            self.saved = step
+
+    def finish(self, step: int, state: TrainState) -> TrainState:
+        """The state with its final time, saved and committed (checkpoint.wait raises otherwise)."""
+        state = self.clock.stamp(state)
+        if step != self.saved:
+            self.ckpt.save(step, state, self.data, force=True)
+        self.ckpt.wait()
+        return state
+
+
+def train_loop(step_fn: Callable, state: TrainState, frozen, batches: Iterator[dict], steps: int,
+               hooks: Sequence[Hook], stop: Callable[[], bool]) -> tuple[TrainState, int]:
+    """Steps until `steps`, the data's end or `stop()`; each hook after every `hook.every`-th step."""
+    step = int(state.step)
+    while step < steps and not stop():
+        batch = next(batches, None)
+        if batch is None:
+            log.warning("data ran out after %d of %d steps", step, steps)
+            break
+        state, step_metrics = step_fn(state, frozen, batch)
+        step += 1
+        for hook in hooks:
+            if hook.every and step % hook.every == 0:
+                hook(step, state, step_metrics)
+    return state, step
+
+
+def run(config: ConfigDict, hooks: Sequence[Hook] = ()) -> dict:
+    """Train (or resume) one student; `hooks` run after the built-in ones (metrics, checkpoint). Returns the
+    summary also written to <run_dir>/train_summary.json, or {"status": "preempted"} after SIGTERM."""
+    config_lib.validate(config)
+    distributed.initialize()
+    c, t = config, config.train
+    mesh = make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
+    rules = ShardingRules(mesh)
+    stu = student_lib.load(c.model, c.method, c.lora, rules, t.seed)
+    trainable, frozen = stu.split(stu.model.params)
+    tok_dir = student_lib.tokenizer_path(c.model.path, t.tokenizer)
+    tokenizer = _tokenizer(tok_dir)
+    local_batch = _local_batch(t.batch_size)
+    steps = total_steps(c, tokenizer, local_batch)
+    dataset, stats = data_lib.make_dataset(c.data, tokenizer, seq_len=t.seq_len, batch_size=local_batch, seed=t.seed,
+                                           process_index=jax.process_index(), process_count=jax.process_count())
+    iterator = iter(dataset)
+    tx, schedule = optim.make(c.optim, steps)
+    state, state_sh = _initial_state(stu, trainable, tx, mesh, t.seed)
+    ckpt = checkpoint.Checkpointer(c.checkpoint.dir or os.path.join(t.run_dir, "checkpoints"), c.checkpoint.every,
+                                   c.checkpoint.keep, c.checkpoint.async_save)
+    state = _resume(ckpt, state, state_sh, iterator)
+    batch_sh = rules.sharding(("batch", "seq"), (t.batch_size, t.seq_len))
+    step_fn = state_lib.jit_train_step(
+        state_lib.make_train_step(stu.model.module, stu.model.config, tx, schedule, accum_steps=t.grad_accum,
+                                  remat=c.model.remat, dropout=stu.lora is not None and stu.lora.dropout > 0,
+                                  rules=rules, loss_chunk=t.loss_chunk),
+        state_sh, stu.split(stu.shardings)[1], batch_sh, mesh,
+    )
+    writer = _metrics_writer(t, stu, trainable, frozen, steps)
+    logged = LogMetrics(writer)
+    save = SaveCheckpoint(ckpt, iterator, Clock(state, state_sh.step), steps, c.checkpoint.every, int(state.step))
+    try:
+        with _sigterm() as preempted:
+            state, step = train_loop(step_fn, state, frozen, _global_batches(iterator, batch_sh, t), steps,
+                                     [logged, save, *hooks], stop=lambda: _any_host(preempted))
+            state = save.finish(step, state)
+    finally:
+        writer.close()
+        ckpt.close()
+    if step < steps and _any_host(preempted):
+        print(f"SIGTERM: saved step {step} to {ckpt.directory}; rerun the same command to resume", file=sys.stderr)
+        return {"status": "preempted", "steps": step}
+    last_row = logged.last or _last_row(os.path.join(t.run_dir, "metrics.jsonl"), step)  # resumed at the end
+    paths = _export(c, stu, lora.combine(state.params, frozen), tok_dir)
+    summary = _summary(c, stu, state, step, steps, last_row, stats, paths, ckpt.directory, lora.count(trainable))
+    if jax.process_index() == 0:
+        with open(os.path.join(t.run_dir, "train_summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+    print(stats.summary(), file=sys.stderr)
+    return summary
 
 
 def total_steps(config: ConfigDict, tokenizer, local_batch: int) -> int:
@@ -62,130 +177,67 @@ def total_steps(config: ConfigDict, tokenizer, local_batch: int) -> int:
     return n * max(config.data.num_epochs, 1)
 
 
-def run(config: ConfigDict) -> dict:
-    """Train (or resume) one student; returns the summary also written to <run_dir>/train_summary.json."""
-    config_lib.validate(config)
-    distributed.initialize()
-    c, t = config, config.train
-    mesh = make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
-    rules = ShardingRules(mesh)
-    stu = student_lib.load(c.model, c.method, c.lora, rules, t.seed)
-    module, model_cfg = stu.model.module, stu.model.config
-    trainable, frozen = stu.split(stu.model.params)
-    train_sh, frozen_sh = stu.split(stu.shardings)
-
+def _tokenizer(folder: str):
     from transformers import AutoTokenizer
 
-    tok_dir = student_lib.tokenizer_path(c.model.path, t.tokenizer)
-    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-    if t.batch_size % jax.process_count():
-        raise ValueError(f"config.train.batch_size {t.batch_size} does not divide over {jax.process_count()} hosts")
-    local_batch = t.batch_size // jax.process_count()
-    steps = total_steps(c, tokenizer, local_batch)
-    dataset, stats = data_lib.make_dataset(c.data, tokenizer, seq_len=t.seq_len, batch_size=local_batch, seed=t.seed,
-                                           process_index=jax.process_index(), process_count=jax.process_count())
-    iterator = iter(dataset)
+    return AutoTokenizer.from_pretrained(folder)
 
-    tx, schedule = optim.make(c.optim, steps)
+
+def _local_batch(batch_size: int) -> int:
+    """This host's rows of each global batch."""
+    if batch_size % jax.process_count():
+        raise ValueError(f"config.train.batch_size {batch_size} does not divide over {jax.process_count()} hosts")
+    return batch_size // jax.process_count()
+
+
+def _initial_state(stu: student_lib.Student, trainable, tx, mesh, seed: int) -> tuple[TrainState, TrainState]:
+    """Step 0's state, born sharded, and the tree of its shardings."""
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    train_sh = stu.split(stu.shardings)[0]
     opt_sh = state_lib.opt_state_shardings(jax.eval_shape(tx.init, trainable), train_sh, mesh)
-    state_sh = state_lib.TrainState(replicated, train_sh, opt_sh, replicated, replicated)
-    state = jax.jit(lambda p: state_lib.TrainState(jnp.zeros([], jnp.int32), p, tx.init(p),
-                                                   jax.random.key_data(jax.random.key(t.seed)), jnp.zeros([], jnp.float32)),
-                    out_shardings=state_sh)(trainable)
+    state_sh = TrainState(replicated, train_sh, opt_sh, replicated, replicated)
 
-    ckpt = checkpoint.Checkpointer(c.checkpoint.dir or os.path.join(t.run_dir, "checkpoints"), c.checkpoint.every,
-                                   c.checkpoint.keep, c.checkpoint.async_save)
+    def init(params):
+        key = jax.random.key_data(jax.random.key(seed))
+        return TrainState(jnp.zeros([], jnp.int32), params, tx.init(params), key, jnp.zeros([], jnp.float32))
+
+    return jax.jit(init, out_shardings=state_sh)(trainable), state_sh
+
+
+def _resume(ckpt: checkpoint.Checkpointer, state: TrainState, state_sh: TrainState, iterator) -> TrainState:
+    """The latest complete checkpoint's state (the iterator moved to its position), or `state`."""
     latest = ckpt.latest_step()
-    if latest is not None:
-        abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sh)
-        state = ckpt.restore(latest, abstract, iterator)
-        print(f"resumed from step {latest} in {ckpt.directory}", file=sys.stderr, flush=True)
+    if latest is None:
+        return state
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sh)
+    state = ckpt.restore(latest, abstract, iterator)
+    print(f"resumed from step {latest} in {ckpt.directory}", file=sys.stderr, flush=True)
+    return state
 
-    step_fn = state_lib.jit_train_step(
-        state_lib.make_train_step(module, model_cfg, tx, schedule, accum_steps=t.grad_accum, remat=c.model.remat,
-                                  dropout=stu.lora is not None and stu.lora.dropout > 0, rules=rules,
-                                  loss_chunk=t.loss_chunk),
-        state_sh, frozen_sh, rules.sharding(("batch", "seq"), (t.batch_size, t.seq_len)), mesh,
-    )
-    batch_sh = rules.sharding(("batch", "seq"), (t.batch_size, t.seq_len))
-    n_train, n_frozen = lora.count(trainable), lora.count(frozen)
-    writer = metrics.MetricsWriter(
-        t.run_dir, steps,
-        metrics.flops_per_token(n_frozen, n_train, model_cfg.num_layers, model_cfg.hidden_size, t.seq_len),
-        metrics.peak_flops(t.peak_flops), t.log_every,
-    )
-    preempted = []
-    previous = signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
-    step = saved = int(state.step)
-    elapsed0, start = float(state.time_s), time.perf_counter()
-    row = {}
+
+def _global_batches(iterator, sharding, t: ConfigDict) -> Iterator[dict]:
+    """This host's batches as global arrays [batch_size, seq_len] on the mesh."""
+    shape = (t.batch_size, t.seq_len)
+    for local in iterator:
+        yield {k: jax.make_array_from_process_local_data(sharding, local[k], shape) for k in state_lib.BATCH_KEYS}
+
+
+def _metrics_writer(t: ConfigDict, stu: student_lib.Student, trainable, frozen, steps: int) -> metrics.MetricsWriter:
+    cfg = stu.model.config
+    flops = metrics.flops_per_token(lora.count(frozen), lora.count(trainable), cfg.num_layers, cfg.hidden_size,
+                                    t.seq_len)
+    return metrics.MetricsWriter(t.run_dir, steps, flops, metrics.peak_flops(t.peak_flops), t.log_every)
+
+
+@contextlib.contextmanager
+def _sigterm() -> Iterator[list]:
+    """A list that SIGTERM (a preemption notice) appends to while the block runs."""
+    seen: list = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: seen.append(True))
     try:
-        while step < steps and not _any_host(preempted):
-            try:
-                local = next(iterator)
-            except StopIteration:
-                log.warning("data ran out after %d of %d steps", step, steps)
-                break
-            batch = {k: jax.make_array_from_process_local_data(batch_sh, local[k], (t.batch_size, t.seq_len))
-                     for k in state_lib.BATCH_KEYS}
-            state, m = step_fn(state, frozen, batch)
-            step += 1
-            row = writer.write(step, jax.device_get(m))
-            if c.checkpoint.every and step % c.checkpoint.every == 0 and step < steps:
-                state = _with_time(state, elapsed0 + time.perf_counter() - start, replicated)
-                ckpt.save(step, state, iterator)
-                saved = step
-            _fault(step)
-        state = _with_time(state, elapsed0 + time.perf_counter() - start, replicated)
-        if saved != step:
-            ckpt.save(step, state, iterator, force=True)
-        ckpt.wait()
+        yield seen
     finally:
         signal.signal(signal.SIGTERM, previous)
-        writer.close()
-        ckpt.close()
-    if step < steps and _any_host(preempted):
-        print(f"SIGTERM: saved step {step} to {ckpt.directory}; rerun the same command to resume", file=sys.stderr)
-        return {"status": "preempted", "steps": step}
-
-    if not row:  # resumed at the end: the last logged loss
-        row = _last_row(os.path.join(t.run_dir, "metrics.jsonl"), step)
-    params = lora.combine(state.params, frozen)
-    paths = {}
-    if c.export.hf or (stu.lora and c.export.peft):
-        model = dataclasses.replace(stu.model, params=params)
-        out = c.export.dir or os.path.join(t.run_dir, "export")
-        paths = export.export(model, out, tokenizer_from=tok_dir, dtype=jnp.dtype(c.export.dtype),
-                              lora_cfg=stu.lora if c.export.peft else None, base_model=c.model.path)
-        if not c.export.hf:
-            paths.pop("hf", None)
-    totals = _global_sums(stats.real_tokens, stats.loss_tokens)
-    summary = {
-        "status": "complete" if step >= steps else "data_exhausted",
-        "teacher": c.meta.teacher,
-        "student": c.meta.student or os.path.basename(c.model.path.rstrip("/")) or f"random-{stu.model.family}",
-        "method": c.method,
-        "variant": c.meta.variant,
-        "name": c.meta.name,
-        "train_tokens": totals[0],
-        "loss_tokens": totals[1],
-        "train_time_s": float(state.time_s),
-        "steps": step,
-        "final_loss": row.get("loss"),
-        "trainable_params": n_train,
-        "optimizer_state_bytes": optim.state_bytes(state.opt_state),
-        "packing_efficiency": stats.packing_efficiency,
-        "data": stats.as_dict(),
-        "export_hf": paths.get("hf"),
-        "export_peft": paths.get("peft"),
-        "checkpoint_dir": ckpt.directory,
-    }
-    if jax.process_index() == 0:
-        with open(os.path.join(t.run_dir, "train_summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
-    print(stats.summary(), file=sys.stderr)
-    return summary
 
 
 def _any_host(flag: list) -> bool:
@@ -197,8 +249,49 @@ def _any_host(flag: list) -> bool:
     return bool(np.any(multihost_utils.process_allgather(np.asarray(bool(flag)))))
 
 
-def _with_time(state, seconds: float, sharding):
-    return dataclasses.replace(state, time_s=jax.device_put(jnp.asarray(seconds, jnp.float32), sharding))
+def _export(c: ConfigDict, stu: student_lib.Student, params, tok_dir: str) -> dict[str, str]:
+    """export.hf (merged) and, in LoRA mode, export.peft folders; their paths by kind."""
+    if not (c.export.hf or (stu.lora and c.export.peft)):
+        return {}
+    model = dataclasses.replace(stu.model, params=params)
+    paths = export.export(model, c.export.dir or os.path.join(c.train.run_dir, "export"), tokenizer_from=tok_dir,
+                          dtype=jnp.dtype(c.export.dtype), lora_cfg=stu.lora if c.export.peft else None,
+                          base_model=c.model.path)
+    if not c.export.hf:
+        paths.pop("hf", None)
+    return paths
+
+
+def _summary(c: ConfigDict, stu: student_lib.Student, state: TrainState, step: int, steps: int, last_row: dict,
+             stats: data_lib.DataStats, paths: dict, checkpoint_dir: str, n_trainable: int) -> dict:
+    train_tokens, loss_tokens = _global_sums(stats.real_tokens, stats.loss_tokens)
+    return {
+        "status": "complete" if step >= steps else "data_exhausted",
+        "teacher": c.meta.teacher,
+        "student": c.meta.student or os.path.basename(c.model.path.rstrip("/")) or f"random-{stu.model.family}",
+        "method": c.method,
+        "variant": c.meta.variant,
+        "name": c.meta.name,
+        "train_tokens": train_tokens,
+        "loss_tokens": loss_tokens,
+        "train_time_s": float(state.time_s),
+        "seed": c.train.seed,
+        "data_path": [_absolute(p) for p in c.data.path],
+        "steps": step,
+        "final_loss": last_row.get("loss"),
+        "trainable_params": n_trainable,
+        "optimizer_state_bytes": optim.state_bytes(state.opt_state),
+        "packing_efficiency": stats.packing_efficiency,
+        "data": stats.as_dict(),
+        "export_hf": _absolute(paths["hf"]) if paths.get("hf") else None,
+        "export_peft": _absolute(paths["peft"]) if paths.get("peft") else None,
+        "checkpoint_dir": checkpoint_dir,
+    }
+
+
+def _absolute(path: str) -> str:
+    """A local path made absolute (the summary is read from other directories); gs:// unchanged."""
+    return path if "://" in str(path) else os.path.abspath(path)
 
 
 def _last_row(path: str, step: int) -> dict:
@@ -218,13 +311,13 @@ def _global_sums(*values: int) -> list[int]:
     return [int(x) for x in np.sum(multihost_utils.process_allgather(np.asarray(values, np.int64)), axis=0)]
 
 
-def main(config: ConfigDict) -> None:
+def main(config: ConfigDict, hooks: Sequence[Hook] = ()) -> None:
     from absl import flags
     from absl import logging as absl_logging
 
     if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO; --verbosity=0 brings it back
         absl_logging.set_verbosity(absl_logging.WARNING)
-    summary = run(config)
+    summary = run(config, hooks)
     if summary.get("status") == "preempted":
         sys.exit(143)
 
@@ -232,4 +325,4 @@ def main(config: ConfigDict) -> None:
 if __name__ == "__main__":
     from jax_distill.cli import run_stage
 
-    run_stage(main)
+    run_stage(main, config_lib.default_config)

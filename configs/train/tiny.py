@@ -12,7 +12,6 @@ from jax_distill.training.config import default_config
 def get_config():
     c = default_config()
     c.meta.name = "tiny"
-    c.meta.student = "tiny-llama"
     c.model.compute_dtype = "float32"
     c.lora.rank = 8
     c.lora.alpha = 16.0
