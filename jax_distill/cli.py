@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import logging
+import sys
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -26,12 +27,12 @@ def run_stage(
 ) -> None:
     """Parse --config (+ overrides), check it against the stage's `declared()` config, and call
     `run(config)` under absl (needed by Grain workers)."""
-    config = config_flags.DEFINE_config_file("config", None, "ml_collections config file", flag_values=flag_values)
+    argv = list_overrides(sys.argv)  # ml_collections reads the override names from sys_argv, the values from argv
+    config = config_flags.DEFINE_config_file("config", None, "ml_collections config file", flag_values=flag_values,
+                                             sys_argv=argv)
     flags.mark_flag_as_required("config", flag_values=flag_values)
 
     def main(argv):
-        import sys
-
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
         # our progress at INFO; libraries (orbax, jax) only when they warn
@@ -45,7 +46,7 @@ def run_stage(
             sys.exit(1)
         run(config.value)
 
-    app.run(main, flags_parser=lambda argv: _parse_flags(flag_values, argv))
+    app.run(main, argv=argv, flags_parser=lambda argv: _parse_flags(flag_values, argv))
 
 
 def _parse_flags(flag_values: flags.FlagValues, argv: list[str]) -> list[str]:
@@ -55,7 +56,7 @@ def _parse_flags(flag_values: flags.FlagValues, argv: list[str]) -> list[str]:
     import sys
 
     try:
-        return flag_values(list_overrides(argv))
+        return flag_values(argv)
     except flags.Error as e:
         sys.stderr.write(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.\n")
         sys.exit(1)
@@ -88,9 +89,20 @@ def list_overrides(argv: list[str]) -> list[str]:
             except KeyError:
                 current = None  # unknown fields fail in absl's parser with the field's name
             if isinstance(current, (tuple, list)) and not value.lstrip().startswith(("(", "[")):
-                arg = f"--config.{dotted}={list_value(value, current)!r}"
+                value = repr(list_value(value, current))
+            arg = f"--config.{_subscript_names(dotted)}={value}"
         out.append(arg)
     return out
+
+
+def _subscript_names(dotted: str) -> str:
+    """students.tiny-qwen3.tiny.seed -> students["tiny-qwen3"].tiny.seed: ml_collections parses a flag's
+    path as Python, so a name that is not an identifier (a student, teacher or compressor name with a
+    hyphen) is written as a subscript, which it accepts."""
+    if "[" in dotted:
+        return dotted  # already in ml_collections' own spelling
+    head, *rest = dotted.split(".")
+    return head + "".join(f".{p}" if p.isidentifier() else f"[{p!r}]" for p in rest)
 
 
 def list_value(text: str, current: tuple) -> tuple:

@@ -79,6 +79,15 @@ def test_list_override_after_config_as_two_words(tmp_path):
     assert "RAN 0.0001 8 ('/a/raw', '/b/compressed')" in out.stdout
 
 
+def test_override_of_a_hyphenated_name(tmp_path):
+    """A free-map entry named with a hyphen (a student 'tiny-qwen3') is overridable like any field."""
+    out = _stage(tmp_path, "c.recipes['tiny-qwen3'] = dict(seed=0)\n", "--config.recipes.tiny-qwen3.seed=7",
+                 "--config.variants=raw")
+    assert out.returncode == 0, out.stderr  # ml_collections alone: "malformed node or string"
+    assert "RAN 0.0001 8 ('raw',)" in out.stdout
+    assert cli._subscript_names("recipes.tiny-qwen3.seed") == "recipes['tiny-qwen3'].seed"
+
+
 def test_check_declared_in_process():
     declared = ConfigDict(dict(a=ConfigDict(dict(b=1.0)), n=2))
     cli.check_declared(ConfigDict(dict(a=dict(b=3), n=5)), declared, "x.py")  # int where float: fine
