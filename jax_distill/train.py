@@ -1,8 +1,9 @@
 """`python -m jax_distill.train --config configs/train/<x>.py [--config.a.b=v]`: distil traces into a student.
 
 Wiring only: mesh -> student (born sharded, LoRA applied) -> Grain batches -> jitted step + hooks that run
-every N steps (metrics, orbax checkpoints, and any a caller adds) -> exports and train_summary.json.
-Rerunning the same command resumes from the latest complete checkpoint (state, RNG and data position),
+every N steps (metrics, the non-finite check, orbax checkpoints, and any a caller adds) -> exports and
+train_summary.json. A non-finite step stops the run before anything of it is saved (or, train.nonfinite
+= skip, its update is dropped). Rerunning the same command resumes from the latest complete checkpoint (state, RNG and data position),
 bit for bit. `run(config, hooks)` is the same in-process.
 """
 
@@ -93,6 +94,40 @@ class SaveCheckpoint:
         return state
 
 
+class NonFinite(RuntimeError):
+    """A non-finite loss, gradient norm or update: the run stops with nothing of it saved or exported."""
+
+
+@dataclasses.dataclass
+class CheckFinite:
+    """Every step, before the checkpoint hook: a step the train step flagged `nonfinite` raises NonFinite
+    (naming the step and the last checkpoint), or in skip mode (the step dropped its update) is counted,
+    raising once more than `max_skipped` were."""
+
+    mode: str  # config.train.nonfinite: stop | skip
+    max_skipped: int
+    save: SaveCheckpoint  # the last checkpoint, for the message
+    every: int = 1
+    skipped: int = 0
+
+    def __call__(self, step, state, step_metrics):
+        m = jax.device_get(step_metrics)
+        if not m["nonfinite"]:
+            return
+        bad = [f"{name} {m[key]}" for name, key in (("loss", "loss"), ("gradient norm", "grad_norm"))
+               if not np.isfinite(m[key])]
+        what = f"step {step}: non-finite {', '.join(bad) or 'updated parameters'}"
+        if self.mode == "skip":
+            self.skipped += 1
+            log.warning("%s: update skipped (%d so far)", what, self.skipped)
+            if self.skipped <= self.max_skipped:
+                return
+            what += f"; {self.skipped} updates skipped, more than train.max_skipped_steps={self.max_skipped}"
+        last = f"step {self.save.saved} in {self.save.ckpt.directory}" if self.save.saved else "none saved yet"
+        raise NonFinite(f"{what}. Stopped: nothing after the last finite checkpoint is saved or exported. "
+                        f"Last finite checkpoint: {last}")
+
+
 def train_loop(step_fn: Callable, state: TrainState, frozen, batches: Iterator[dict], steps: int,
                hooks: Sequence[Hook], stop: Callable[[], bool]) -> tuple[TrainState, int]:
     """Steps until `steps`, the data's end or `stop()`; each hook after every `hook.every`-th step."""
@@ -136,16 +171,17 @@ def run(config: ConfigDict, hooks: Sequence[Hook] = ()) -> dict:
     step_fn = state_lib.jit_train_step(
         state_lib.make_train_step(stu.model.module, stu.model.config, tx, schedule, accum_steps=t.grad_accum,
                                   remat=c.model.remat, dropout=stu.lora is not None and stu.lora.dropout > 0,
-                                  rules=rules, loss_chunk=t.loss_chunk),
+                                  rules=rules, loss_chunk=t.loss_chunk, skip_nonfinite=t.nonfinite == "skip"),
         state_sh, stu.split(stu.shardings)[1], batch_sh, mesh,
     )
     writer = _metrics_writer(t, stu, trainable, frozen, steps)
     logged = LogMetrics(writer)
     save = SaveCheckpoint(ckpt, iterator, Clock(state, state_sh.step), steps, c.checkpoint.every, int(state.step))
+    finite = CheckFinite(t.nonfinite, t.max_skipped_steps, save)
     try:
         with _sigterm() as preempted:
             state, step = train_loop(step_fn, state, frozen, _global_batches(iterator, batch_sh, t), steps,
-                                     [logged, save, *hooks], stop=lambda: _any_host(preempted))
+                                     [logged, finite, save, *hooks], stop=lambda: _any_host(preempted))
             state = save.finish(step, state)
     finally:
         writer.close()
@@ -155,7 +191,8 @@ def run(config: ConfigDict, hooks: Sequence[Hook] = ()) -> dict:
         return {"status": "preempted", "steps": step}
     last_row = logged.last or _last_row(os.path.join(t.run_dir, "metrics.jsonl"), step)  # resumed at the end
     paths = _export(c, stu, lora.combine(state.params, frozen), tok_dir)
-    summary = _summary(c, stu, state, step, steps, last_row, stats, paths, ckpt.directory, lora.count(trainable))
+    summary = _summary(c, stu, state, step, steps, last_row, stats, paths, ckpt.directory, lora.count(trainable),
+                       finite.skipped)
     if jax.process_index() == 0:
         with open(os.path.join(t.run_dir, "train_summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
@@ -263,7 +300,7 @@ def _export(c: ConfigDict, stu: student_lib.Student, params, tok_dir: str) -> di
 
 
 def _summary(c: ConfigDict, stu: student_lib.Student, state: TrainState, step: int, steps: int, last_row: dict,
-             stats: data_lib.DataStats, paths: dict, checkpoint_dir: str, n_trainable: int) -> dict:
+             stats: data_lib.DataStats, paths: dict, checkpoint_dir: str, n_trainable: int, skipped: int) -> dict:
     train_tokens, loss_tokens = _global_sums(stats.real_tokens, stats.loss_tokens)
     return {
         "status": "complete" if step >= steps else "data_exhausted",
@@ -279,6 +316,7 @@ def _summary(c: ConfigDict, stu: student_lib.Student, state: TrainState, step: i
         "data_path": [_absolute(p) for p in c.data.path],
         "steps": step,
         "final_loss": last_row.get("loss"),
+        "skipped_steps": skipped,  # train.nonfinite=skip: updates dropped in this run of the command
         "trainable_params": n_trainable,
         "optimizer_state_bytes": optim.state_bytes(state.opt_state),
         "packing_efficiency": stats.packing_efficiency,
@@ -317,7 +355,11 @@ def main(config: ConfigDict, hooks: Sequence[Hook] = ()) -> None:
 
     if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO; --verbosity=0 brings it back
         absl_logging.set_verbosity(absl_logging.WARNING)
-    summary = run(config, hooks)
+    try:
+        summary = run(config, hooks)
+    except NonFinite as e:
+        print(f"FATAL {e}", file=sys.stderr)
+        sys.exit(1)
     if summary.get("status") == "preempted":
         sys.exit(143)
 

@@ -4,6 +4,7 @@ kill -9 (local and gs:// on fake-gcs-server) and a storage outage during the run
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from gcs_emulator import FakeGCS
 from hf_tiny import tokenizer_dir, write_train_traces
@@ -339,3 +341,53 @@ def test_validate_names_each_bad_field(traces, tmp_path):
             validate(load_config(TINY, {**good, field: value}))
     with pytest.raises(ValueError, match="llama-3.1-8b"):
         load_config(str(ROOT / "configs" / "train" / "paper.py") + ":llama-3.1-8b,qlora")
+
+
+def test_skipped_nonfinite_update_leaves_the_state_unchanged(traces):
+    """Inside the jitted step: an update that is not finite is dropped (params and optimizer state as
+    they were, the step counted) in skip mode, and flagged either way."""
+    cfg, batches = _batches(traces, 1)
+    mesh = make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    stu = student_lib.load(cfg.model, "full", cfg.lora, ShardingRules(mesh), seed=0)
+    trainable, frozen = stu.split(stu.model.params)
+    tx = optax.sgd(float("inf"))  # every update is inf or nan
+    state = state_lib.TrainState(jnp.zeros([], jnp.int32), trainable, tx.init(trainable),
+                                 jax.random.key_data(jax.random.key(0)), jnp.zeros([], jnp.float32))
+    batch = {k: jnp.asarray(v) for k, v in batches[0].items()}
+    for skip in (True, False):
+        step = jax.jit(state_lib.make_train_step(stu.model.module, stu.model.config, tx, lambda s: 0.0,
+                                                 skip_nonfinite=skip))
+        new, m = step(state, frozen, batch)
+        assert int(m["nonfinite"]) == 1 and int(new.step) == 1 and np.isfinite(float(m["loss"]))
+        same = [np.array_equal(a, b) for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params))]
+        assert all(same) if skip else not any(same)
+
+
+def test_nonfinite_loss_stops_naming_the_step_and_the_last_checkpoint(traces, tmp_path):
+    """lr=1e30 diverges: the command fails naming the step and the last (finite) checkpoint; no later
+    checkpoint and no export is written."""
+    o = _overrides(traces, tmp_path / "run", **{"optim.lr": 1e30})
+    proc = subprocess.run(_command(o), cwd=ROOT, env=dict(os.environ, **CACHE_ENV), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    found = re.search(r"FATAL step (\d+): non-finite .*Last finite checkpoint: (step (\d+) in (\S+)|none saved yet)",
+                      proc.stderr)
+    assert found, proc.stderr[-3000:]
+    bad = int(found.group(1))
+    saved = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit())
+    assert all(s < bad for s in saved)
+    if saved:
+        assert int(found.group(3)) == saved[-1] and found.group(4) == str(tmp_path / "run" / "checkpoints")
+    assert not (tmp_path / "run" / "export").exists() and not (tmp_path / "run" / "train_summary.json").exists()
+
+
+def test_nonfinite_skip_mode_counts_and_fails_past_the_limit(traces, tmp_path):
+    from jax_distill.train import NonFinite, run
+
+    diverging = {"optim.lr": 1e30, "train.nonfinite": "skip"}
+    summary = run(load_config(TINY, _overrides(traces, tmp_path / "a", **diverging, **{"train.max_skipped_steps": STEPS})))
+    assert summary["status"] == "complete" and 0 < summary["skipped_steps"] < STEPS
+    assert all(np.isfinite(v).all() for v in _exports(tmp_path / "a").values())
+    with pytest.raises(NonFinite, match=r"3 updates skipped, more than train.max_skipped_steps=2"):
+        run(load_config(TINY, _overrides(traces, tmp_path / "b", **diverging, **{"train.max_skipped_steps": 2})))
+    assert not (tmp_path / "b" / "export").exists()

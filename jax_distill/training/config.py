@@ -18,6 +18,7 @@ METHODS = ("lora", "full")
 REMAT = ("none", "full", "dots")
 OPTIMIZERS = ("adamw", "adamw_8bit")
 DTYPES = ("float32", "bfloat16", "float16")
+NONFINITE = ("stop", "skip")
 MESH_AXES = ("data", "fsdp", "tensor")
 
 
@@ -86,6 +87,10 @@ def default_config() -> ConfigDict:
     c.train.seed = 0  # data order, LoRA init, dropout
     c.train.log_every = 10  # progress line every N steps (metrics.jsonl gets every step)
     c.train.peak_flops = 0.0  # per-device peak FLOP/s for MFU; 0 = from the device kind
+    # a step with a non-finite loss, gradient norm or update: stop (fail naming the step and the last
+    # checkpoint) | skip (drop that update inside the step, fail once more than max_skipped_steps are dropped)
+    c.train.nonfinite = "stop"
+    c.train.max_skipped_steps = 10  # skip mode: dropped updates tolerated in one run of the command
 
     c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # device mesh; one size may be -1 = the rest
 
@@ -158,6 +163,8 @@ def validate(c: ConfigDict) -> None:
     _count(c, "train.seed", 0)
     _count(c, "train.log_every", 1)
     checks.at_least(c, "train.peak_flops", 0.0)
+    checks.one_of(c, "train.nonfinite", NONFINITE)
+    _count(c, "train.max_skipped_steps", 0)
 
     for axis in MESH_AXES:
         checks.is_type(c, f"mesh.{axis}", int)

@@ -5,6 +5,8 @@ params are the `LoRA` leaves only (None elsewhere), so the base never enters the
 checkpoint; the frozen half is a separate, non-donated argument of the step. Gradient accumulation is a
 scan over microbatches that sums unnormalised losses and divides once by the batch's loss tokens, so
 any accumulation factor gives the same update as one big batch (up to float summation order).
+A step whose loss, gradient norm or updated parameters are not finite reports `nonfinite` = 1; with
+`skip_nonfinite` its update is dropped inside the step (parameters and optimizer state unchanged).
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ def make_train_step(
     dropout: bool = False,
     rules: ShardingRules | None = None,
     loss_chunk: int = 0,
+    skip_nonfinite: bool = False,
 ) -> Callable:
     """`step(state, frozen, batch) -> (state, metrics)`, pure; wrap it with `jit_train_step`."""
 
@@ -130,10 +133,16 @@ def make_train_step(
             grads = jax.tree.map(lambda g: g / denom, grads)
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
+            grad_norm = optax.tree.norm(grads)
+            finite = jnp.isfinite(total) & jnp.isfinite(grad_norm) & all_finite(params)
+            if skip_nonfinite:
+                params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                                 (params, opt_state), (state.params, state.opt_state))
             real = jnp.sum((batch["segment_ids"] != 0).astype(jnp.int32))
             metrics = {
                 "loss": total / denom,
-                "grad_norm": optax.tree.norm(grads),
+                "grad_norm": grad_norm,
+                "nonfinite": (~finite).astype(jnp.int32),
                 "lr": lr_schedule(state.step),
                 "tokens": real,
                 "loss_tokens": n.astype(jnp.int32),
@@ -143,6 +152,12 @@ def make_train_step(
             return new, metrics
 
     return step
+
+
+def all_finite(tree: Any) -> jax.Array:
+    """True (a bool []) when no floating leaf of `tree` holds a NaN or an infinity."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
 # ----------------------------------------------------------------------------- shardings
