@@ -3,8 +3,9 @@
 Wiring only: mesh -> student (born sharded, LoRA applied) -> Grain batches -> jitted step + hooks that run
 every N steps (metrics, the non-finite check, orbax checkpoints, and any a caller adds) -> exports and
 train_summary.json. A non-finite step stops the run before anything of it is saved (or, train.nonfinite
-= skip, its update is dropped). Rerunning the same command resumes from the latest complete checkpoint (state, RNG and data position),
-bit for bit. `run(config, hooks)` is the same in-process.
+= skip, its update is dropped). Rerunning the same command resumes from the newest checkpoint that
+restores completely (state, RNG and data position; a damaged newer one is named and set aside), bit for
+bit. `run(config, hooks)` is the same in-process.
 """
 
 from __future__ import annotations
@@ -242,13 +243,20 @@ def _initial_state(stu: student_lib.Student, trainable, tx, mesh, seed: int) -> 
 
 
 def _resume(ckpt: checkpoint.Checkpointer, state: TrainState, state_sh: TrainState, iterator) -> TrainState:
-    """The latest complete checkpoint's state (the iterator moved to its position), or `state`."""
-    latest = ckpt.latest_step()
-    if latest is None:
+    """The newest checkpoint that restores completely (damaged newer ones set aside), the iterator moved
+    to its position; else `state` with the iterator at the start."""
+    if ckpt.latest_step() is None:
         return state
+    start = iterator.get_state()
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sh)
-    state = ckpt.restore(latest, abstract, iterator)
-    print(f"resumed from step {latest} in {ckpt.directory}", file=sys.stderr, flush=True)
+    found = ckpt.restore_newest(abstract, iterator)
+    if found is None:
+        iterator.set_state(start)
+        print(f"no checkpoint in {ckpt.directory} restores (all set aside as damaged): training from step 0",
+              file=sys.stderr, flush=True)
+        return state
+    step, state = found
+    print(f"resumed from step {step} in {ckpt.directory}", file=sys.stderr, flush=True)
     return state
 
 

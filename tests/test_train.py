@@ -391,3 +391,59 @@ def test_nonfinite_skip_mode_counts_and_fails_past_the_limit(traces, tmp_path):
     with pytest.raises(NonFinite, match=r"3 updates skipped, more than train.max_skipped_steps=2"):
         run(load_config(TINY, _overrides(traces, tmp_path / "b", **diverging, **{"train.max_skipped_steps": 2})))
     assert not (tmp_path / "b" / "export").exists()
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _nan_params(state_dir: Path) -> None:
+    """Rewrite a saved state with one parameter array all NaN (as a flipped exponent byte would leave it)."""
+    import shutil
+
+    import orbax.checkpoint as ocp
+
+    ckptr = ocp.StandardCheckpointer()
+    tree = ckptr.restore(state_dir)
+    key = sorted(k for k in tree if k.startswith("params."))[0]
+    tree[key] = np.full(tree[key].shape, np.nan, tree[key].dtype)
+    shutil.rmtree(state_dir)
+    ckptr.save(state_dir, tree)
+    ckptr.wait_until_finished()
+
+
+# damage done to the newest checkpoint step (12 of 6, 9, 12) -> the file the rerun must name
+DAMAGE = {
+    "truncated_array_file": (lambda s: _truncate(max((s / "state" / "d").iterdir(), key=lambda p: p.stat().st_size)),
+                             "state/d/"),
+    "deleted_state": (lambda s: __import__("shutil").rmtree(s / "state"), "state (missing)"),
+    "empty_metadata": (lambda s: (s / "state" / "_METADATA").write_bytes(b""), "state/_METADATA"),
+    "truncated_iterator_state": (lambda s: _truncate(s / "data" / "process_0-of-1.json"), "data/process_0-of-1.json"),
+    "nonfinite_parameters": (lambda s: _nan_params(s / "state"), "state: non-finite values in params."),
+}
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_step(traces, reference, tmp_path, kind, caplog, capsys):
+    """The newest checkpoint is damaged (the rest intact): the rerun names the step and the file, renames
+    the step <step>.damaged, resumes from the previous step at once (no retries) and ends bit for bit
+    where the uninterrupted run ended."""
+    import shutil
+
+    from jax_distill.train import run
+
+    ref_dir, _ = reference
+    run_dir = tmp_path / "run"
+    shutil.copytree(ref_dir, run_dir, ignore=shutil.ignore_patterns("export", "train_summary.json"))
+    ckpt = run_dir / "checkpoints"
+    damage, file = DAMAGE[kind]
+    damage(ckpt / str(STEPS))
+    start = time.monotonic()
+    summary = run(load_config(TINY, _overrides(traces, run_dir)))
+    out = caplog.text + capsys.readouterr().err
+    assert f"checkpoint step {STEPS} is damaged: {ckpt / str(STEPS)}/{file}" in out, out[-3000:]
+    assert f"resumed from step {STEPS - EVERY} in {ckpt}" in out
+    assert (ckpt / f"{STEPS}.damaged").is_dir() and summary["status"] == "complete"
+    assert sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) == [6, 9, 12]
+    assert time.monotonic() - start < 120
+    _assert_same_exports(run_dir, ref_dir)

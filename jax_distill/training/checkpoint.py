@@ -6,6 +6,12 @@ grain's per-process JSON. Orbax writes each step into a temporary directory and 
 when complete (rename locally, a commit marker on GCS), so `latest_step()` never returns a half-written
 checkpoint and rerunning the same command resumes from the last complete one. Saves are async: the
 train loop continues while arrays are written; the iterator state is captured at save time.
+
+Resume takes the newest step that restores completely (every array, all finite, and the iterator state).
+A step that does not (a truncated or missing file, unreadable metadata, NaN weights) is damage, not an
+outage: the caller probes the storage first, so restores are never retried. The damaged step is named
+with the file at fault and renamed `<step>.damaged` (orbax no longer lists it; kept for inspection),
+and the next older step is tried.
 """
 
 from __future__ import annotations
@@ -13,16 +19,28 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from jax_distill.training.lora import path_str
+from jax_distill.training.state import all_finite
 
 log = logging.getLogger(__name__)
+
+
+class Damaged(Exception):
+    """A checkpoint step that cannot be restored although its storage answers."""
+
+    def __init__(self, step: int, file: str, why: str):
+        super().__init__(f"checkpoint step {step} is damaged: {file}: {why}")
+        self.step, self.file = step, file
 
 
 def flatten(state: Any) -> dict[str, Any]:
@@ -96,14 +114,52 @@ class Checkpointer:
         return started
 
     def restore(self, step: int, abstract_state: Any, iterator) -> Any:
-        """The state saved at `step` (placed with the shardings of `abstract_state`'s leaves); the
-        iterator is moved to the saved position."""
+        """The state saved at `step` (placed with the shardings of `abstract_state`'s leaves), every array
+        read and finite; the iterator is moved to the saved position. Damaged if any of that fails;
+        ValueError if the step holds a different tree (another config wrote it: not damage)."""
         target = flatten(abstract_state)
-        args = ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), data=grain.checkpoint.CheckpointRestore(IteratorSnapshot(iterator))
-        )
-        restored = self._retry(f"restore step {step}", lambda: self.manager.restore(step, args=args))
-        return unflatten(restored["state"], abstract_state)
+        folder = epath.Path(self.directory) / str(step)
+        try:
+            saved = self.manager.item_metadata(step)["state"]
+        except Exception as e:  # noqa: BLE001 - any failure to read it is damage
+            raise Damaged(step, _damaged_file(folder / "state", e), _brief(e)) from e
+        if saved is None:
+            raise Damaged(step, str(folder / "state"), "missing")
+        _check_same_tree(step, self.directory, {k: (v.shape, v.dtype) for k, v in saved.items()}, target)
+        state = self._restore_item(step, "state", ocp.args.StandardRestore(target))
+        if not bool(all_finite(state)):
+            bad = sorted(k for k, x in state.items() if not bool(all_finite(x)))
+            raise Damaged(step, str(folder / "state"), f"non-finite values in {', '.join(bad)}")
+        self._restore_item(step, "data", grain.checkpoint.CheckpointRestore(IteratorSnapshot(iterator)))
+        return unflatten(state, abstract_state)
+
+    def restore_newest(self, abstract_state: Any, iterator) -> tuple[int, Any] | None:
+        """(step, state) of the newest step that restores (see `restore`), the iterator at its position;
+        each damaged newer step is reported and set aside. None when no step restores."""
+        for step in reversed(self.manager.all_steps()):
+            try:
+                return step, self.restore(step, abstract_state, iterator)
+            except Damaged as e:
+                aside = self.set_aside(step)
+                log.error("%s. Renamed to %s for inspection; trying the previous checkpoint", e, aside)
+        return None
+
+    def set_aside(self, step: int) -> str:
+        """Rename step `step` to `<step>.damaged` (orbax lists integer names only); returns the new path."""
+        folder = epath.Path(self.directory) / str(step)
+        aside = folder.parent / f"{step}.damaged"
+        n = 1
+        while aside.exists():
+            aside, n = folder.parent / f"{step}.damaged.{n}", n + 1
+        folder.rename(aside)
+        self.manager.reload()
+        return str(aside)
+
+    def _restore_item(self, step: int, item: str, args) -> Any:
+        try:
+            return self.manager.restore(step, args=ocp.args.Composite(**{item: args}))[item]
+        except Exception as e:  # noqa: BLE001 - storage answered (probed), so any failure is damage
+            raise Damaged(step, _damaged_file(epath.Path(self.directory) / str(step) / item, e), _brief(e)) from e
 
     def wait(self) -> None:
         """Block until async saves end, and check on storage that the last one committed (an async
@@ -121,7 +177,8 @@ class Checkpointer:
             self.manager.close()
 
     def _retry(self, what: str, fn):
-        """Storage outages (e.g. GCS unreachable) get a few retries with backoff, then a clear error."""
+        """Storage outages while saving (e.g. GCS unreachable) get a few retries with backoff, then a clear
+        error."""
         delay = 2.0
         for attempt in range(self.retries + 1):
             try:
@@ -135,3 +192,45 @@ class Checkpointer:
                 log.warning("checkpoint %s at %s failed (%s); retrying in %.0fs", what, self.directory, e, delay)
                 time.sleep(delay)
                 delay *= 2
+
+
+def _check_same_tree(step: int, directory: str, saved: dict[str, tuple], target: dict[str, Any]) -> None:
+    """ValueError when the checkpoint's arrays (names, shapes, dtypes) are not the run's: a changed config
+    (e.g. lora.rank) in the same checkpoint.dir, which must not pass for damage."""
+    want = {k: (tuple(x.shape), np.dtype(x.dtype)) for k, x in target.items()}
+    got = {k: (tuple(shape), np.dtype(dtype)) for k, (shape, dtype) in saved.items()}
+    if got != want:
+        diff = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
+        raise ValueError(f"checkpoint step {step} in {directory} holds other arrays than this config trains "
+                         f"({', '.join(diff[:5])}{' ...' if len(diff) > 5 else ''}): a different config wrote it; "
+                         "use another checkpoint.dir (or train.run_dir)")
+
+
+def _damaged_file(item: epath.Path, error: BaseException) -> str:
+    """The file at fault: the longest path under `item` the error names, else a JSON file there that does
+    not parse (metadata, iterator state), else `item` itself (marked missing when it is)."""
+    text = " ".join(str(e) for e in _chain(error))
+    named = re.findall(re.escape(str(item)) + r"[^\s\"',\]]*", text)
+    if named:
+        return max(named, key=len)
+    if not item.exists():
+        return f"{item} (missing)"
+    for f in sorted(item.iterdir()):
+        if f.is_file() and (f.suffix == ".json" or f.name.startswith("_")):
+            try:
+                json.loads(f.read_bytes())
+            except ValueError:
+                return str(f)
+    return str(item)
+
+
+def _chain(error: BaseException):
+    while error is not None:
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def _brief(error: BaseException) -> str:
+    """The error's type and first line, cut short (tensorstore appends kilobytes of spec)."""
+    line = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {line[:300]}"
