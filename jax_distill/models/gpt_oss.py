@@ -32,6 +32,7 @@ from jax_distill.models.hf_io import CheckpointError, HFTensor
 from jax_distill.models.llama import init_cache  # noqa: F401  (same cache layout)
 from jax_distill.models.moe import moe_mlp
 from jax_distill.parallel.sharding import constrain
+from jax_distill.params import ParamSpec
 
 Array = jax.Array
 SLIDING, FULL = "sliding_attention", "full_attention"
@@ -156,31 +157,31 @@ def param_specs(cfg: Config) -> dict:
     D, F, H, E, N = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim, cfg.num_experts, cfg.num_heads
     NH, KH = N * H, cfg.num_kv_heads * H
     layer = {
-        "input_norm": L.ParamSpec((D,), ("norm",), "ones"),
-        "q_proj": L.ParamSpec((D, NH), ("embed", "heads")),
-        "q_bias": L.ParamSpec((NH,), ("heads",), "zeros"),
-        "k_proj": L.ParamSpec((D, KH), ("embed", "kv_heads")),
-        "k_bias": L.ParamSpec((KH,), ("kv_heads",), "zeros"),
-        "v_proj": L.ParamSpec((D, KH), ("embed", "kv_heads")),
-        "v_bias": L.ParamSpec((KH,), ("kv_heads",), "zeros"),
-        "o_proj": L.ParamSpec((NH, D), ("heads", "embed")),
-        "o_bias": L.ParamSpec((D,), ("embed",), "zeros"),
-        "sinks": L.ParamSpec((N,), ("heads",)),
-        "post_norm": L.ParamSpec((D,), ("norm",), "ones"),
-        "router": L.ParamSpec((D, E), ("embed", None)),  # router logits stay whole for top-k
-        "router_bias": L.ParamSpec((E,), (None,), "zeros"),
-        "gate_up_proj": L.ParamSpec((E, D, 2 * F), ("experts", "embed", "mlp")),  # gate/up interleaved
-        "gate_up_bias": L.ParamSpec((E, 2 * F), ("experts", "mlp"), "zeros"),
-        "down_proj": L.ParamSpec((E, F, D), ("experts", "mlp", "embed")),
-        "down_bias": L.ParamSpec((E, D), ("experts", "embed"), "zeros"),
+        "input_norm": ParamSpec((D,), ("norm",), "ones"),
+        "q_proj": ParamSpec((D, NH), ("embed", "heads")),
+        "q_bias": ParamSpec((NH,), ("heads",), "zeros"),
+        "k_proj": ParamSpec((D, KH), ("embed", "kv_heads")),
+        "k_bias": ParamSpec((KH,), ("kv_heads",), "zeros"),
+        "v_proj": ParamSpec((D, KH), ("embed", "kv_heads")),
+        "v_bias": ParamSpec((KH,), ("kv_heads",), "zeros"),
+        "o_proj": ParamSpec((NH, D), ("heads", "embed")),
+        "o_bias": ParamSpec((D,), ("embed",), "zeros"),
+        "sinks": ParamSpec((N,), ("heads",)),
+        "post_norm": ParamSpec((D,), ("norm",), "ones"),
+        "router": ParamSpec((D, E), ("embed", None)),  # router logits stay whole for top-k
+        "router_bias": ParamSpec((E,), (None,), "zeros"),
+        "gate_up_proj": ParamSpec((E, D, 2 * F), ("experts", "embed", "mlp")),  # gate/up interleaved
+        "gate_up_bias": ParamSpec((E, 2 * F), ("experts", "mlp"), "zeros"),
+        "down_proj": ParamSpec((E, F, D), ("experts", "mlp", "embed")),
+        "down_bias": ParamSpec((E, D), ("experts", "embed"), "zeros"),
     }
     specs = {
-        "embed": L.ParamSpec((cfg.vocab_size, D), ("vocab", "embed")),
+        "embed": ParamSpec((cfg.vocab_size, D), ("vocab", "embed")),
         "layers": {name: L.stacked(s, cfg.num_layers) for name, s in layer.items()},
-        "final_norm": L.ParamSpec((D,), ("norm",), "ones"),
+        "final_norm": ParamSpec((D,), ("norm",), "ones"),
     }
     if not cfg.tie_word_embeddings:
-        specs["lm_head"] = L.ParamSpec((D, cfg.vocab_size), ("embed", "vocab"))
+        specs["lm_head"] = ParamSpec((D, cfg.vocab_size), ("embed", "vocab"))
     return specs
 
 

@@ -22,7 +22,8 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from jax_distill.models.layers import ParamSpec, weight
+from jax_distill.models.layers import weight
+from jax_distill.params import ParamSpec
 
 MAX_SHARD_BYTES = 4 * 1024**3
 TOKENIZER_FILES = (
@@ -256,7 +257,9 @@ def _build(reader: CheckpointReader, t: HFTensor, spec: ParamSpec, dtype, shardi
 # ----------------------------------------------------------------------------- saving
 
 
-def _host_array(x: jax.Array) -> np.ndarray:
+def host_array(x: jax.Array) -> np.ndarray:
+    """A numpy copy of x on this host. A parameter sharded over several hosts is not addressable from one,
+    so it is gathered first; every exporter goes through here for that reason."""
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
         from jax.experimental import multihost_utils
 
@@ -276,7 +279,7 @@ def iter_hf_tensors(params: dict, wmap: dict[tuple[str, ...], HFTensor], dtype=N
         node = weight(node)
         layers = range(node.shape[0]) if t.layered else [None]
         for layer in layers:
-            arr = _host_array(node[layer] if layer is not None else node)
+            arr = host_array(node[layer] if layer is not None else node)
             if dtype is not None:
                 arr = arr.astype(jnp.dtype(dtype))
             if t.write is not None:

@@ -4,7 +4,7 @@ Shape legend used in einsum strings and trailing comments:
   B batch, T query length, S key length (cache slots), D model width, N query heads,
   K key/value heads, G query heads per kv head (N = K*G), H head dim, F MLP width, V vocab, L layers.
 
-Parameters are plain arrays declared once with `ParamSpec` (shape, logical axes, initializer); a LoRA
+Parameters are plain arrays declared once with `params.ParamSpec` (shape, logical axes, initializer); a LoRA
 adapter on a projection turns that leaf into `Adapted(base, lora)` and `linear` handles both.
 """
 
@@ -20,32 +20,13 @@ from typing import Any, Callable, Iterator
 import jax
 import jax.numpy as jnp
 
+from jax_distill.params import ParamSpec
+
 Array = jax.Array
 NEG_INF = -1e30  # finite, so fully masked rows (padding) give zeros instead of NaNs
 
 
 # ----------------------------------------------------------------------------- parameters
-
-
-@dataclasses.dataclass(frozen=True)
-class ParamSpec:
-    """One parameter: its shape, its logical axis names (for sharding) and how to initialise it."""
-
-    shape: tuple[int, ...]
-    axes: tuple[str | None, ...]
-    init: str = "normal"  # normal | zeros | ones
-    scale: float = 0.02
-
-    def __post_init__(self):
-        if len(self.shape) != len(self.axes):
-            raise ValueError(f"ParamSpec shape {self.shape} and axes {self.axes} differ in rank")
-
-    def initialize(self, key: Array, dtype) -> Array:
-        if self.init == "zeros":
-            return jnp.zeros(self.shape, dtype)
-        if self.init == "ones":
-            return jnp.ones(self.shape, dtype)
-        return (self.scale * jax.random.normal(key, self.shape, jnp.float32)).astype(dtype)
 
 
 def stacked(spec: ParamSpec, num_layers: int) -> ParamSpec:

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jax_distill.models import layers as L
 from jax_distill.models.hf_io import HFTensor
 from jax_distill.parallel.sharding import constrain
+from jax_distill.params import ParamSpec
 
 Array = jax.Array
 
@@ -102,38 +103,38 @@ def param_specs(cfg: Config) -> dict:
     D, F, H = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
     NH, KH = cfg.num_heads * H, cfg.num_kv_heads * H
     layer = {
-        "input_norm": L.ParamSpec((D,), ("norm",), "ones"),
-        "q_proj": L.ParamSpec((D, NH), ("embed", "heads")),
-        "k_proj": L.ParamSpec((D, KH), ("embed", "kv_heads")),
-        "v_proj": L.ParamSpec((D, KH), ("embed", "kv_heads")),
-        "o_proj": L.ParamSpec((NH, D), ("heads", "embed")),
-        "post_norm": L.ParamSpec((D,), ("norm",), "ones"),
-        "gate_proj": L.ParamSpec((D, F), ("embed", "mlp")),
-        "up_proj": L.ParamSpec((D, F), ("embed", "mlp")),
-        "down_proj": L.ParamSpec((F, D), ("mlp", "embed")),
+        "input_norm": ParamSpec((D,), ("norm",), "ones"),
+        "q_proj": ParamSpec((D, NH), ("embed", "heads")),
+        "k_proj": ParamSpec((D, KH), ("embed", "kv_heads")),
+        "v_proj": ParamSpec((D, KH), ("embed", "kv_heads")),
+        "o_proj": ParamSpec((NH, D), ("heads", "embed")),
+        "post_norm": ParamSpec((D,), ("norm",), "ones"),
+        "gate_proj": ParamSpec((D, F), ("embed", "mlp")),
+        "up_proj": ParamSpec((D, F), ("embed", "mlp")),
+        "down_proj": ParamSpec((F, D), ("mlp", "embed")),
     }
     if cfg.attention_bias:
         layer |= {
-            "q_bias": L.ParamSpec((NH,), ("heads",), "zeros"),
-            "k_bias": L.ParamSpec((KH,), ("kv_heads",), "zeros"),
-            "v_bias": L.ParamSpec((KH,), ("kv_heads",), "zeros"),
-            "o_bias": L.ParamSpec((D,), ("embed",), "zeros"),
+            "q_bias": ParamSpec((NH,), ("heads",), "zeros"),
+            "k_bias": ParamSpec((KH,), ("kv_heads",), "zeros"),
+            "v_bias": ParamSpec((KH,), ("kv_heads",), "zeros"),
+            "o_bias": ParamSpec((D,), ("embed",), "zeros"),
         }
     if cfg.mlp_bias:
         layer |= {
-            "gate_bias": L.ParamSpec((F,), ("mlp",), "zeros"),
-            "up_bias": L.ParamSpec((F,), ("mlp",), "zeros"),
-            "down_bias": L.ParamSpec((D,), ("embed",), "zeros"),
+            "gate_bias": ParamSpec((F,), ("mlp",), "zeros"),
+            "up_bias": ParamSpec((F,), ("mlp",), "zeros"),
+            "down_bias": ParamSpec((D,), ("embed",), "zeros"),
         }
     if cfg.qk_norm:
-        layer |= {"q_norm": L.ParamSpec((H,), ("norm",), "ones"), "k_norm": L.ParamSpec((H,), ("norm",), "ones")}
+        layer |= {"q_norm": ParamSpec((H,), ("norm",), "ones"), "k_norm": ParamSpec((H,), ("norm",), "ones")}
     specs = {
-        "embed": L.ParamSpec((cfg.vocab_size, D), ("vocab", "embed")),
+        "embed": ParamSpec((cfg.vocab_size, D), ("vocab", "embed")),
         "layers": {name: L.stacked(s, cfg.num_layers) for name, s in layer.items()},
-        "final_norm": L.ParamSpec((D,), ("norm",), "ones"),
+        "final_norm": ParamSpec((D,), ("norm",), "ones"),
     }
     if not cfg.tie_word_embeddings:
-        specs["lm_head"] = L.ParamSpec((D, cfg.vocab_size), ("embed", "vocab"))
+        specs["lm_head"] = ParamSpec((D, cfg.vocab_size), ("embed", "vocab"))
     return specs
 
 

@@ -37,6 +37,7 @@ from jax_distill.models import gated_deltanet as gdn
 from jax_distill.models import layers as L
 from jax_distill.models.hf_io import CheckpointError, CheckpointReader, HFTensor
 from jax_distill.parallel.sharding import constrain
+from jax_distill.params import ParamSpec
 
 Array = jax.Array
 LINEAR, FULL = "linear_attention", "full_attention"
@@ -189,39 +190,39 @@ def param_specs(cfg: Config) -> dict:
     d = _dims(cfg)
     Nv, W = cfg.linear_num_value_heads, cfg.linear_conv_kernel_dim
     common = {
-        "input_norm": L.ParamSpec((D,), ("norm",), "zeros"),  # zero-centred: scale 1 + w
-        "post_norm": L.ParamSpec((D,), ("norm",), "zeros"),
-        "gate_proj": L.ParamSpec((D, F), ("embed", "mlp")),
-        "up_proj": L.ParamSpec((D, F), ("embed", "mlp")),
-        "down_proj": L.ParamSpec((F, D), ("mlp", "embed")),
+        "input_norm": ParamSpec((D,), ("norm",), "zeros"),  # zero-centred: scale 1 + w
+        "post_norm": ParamSpec((D,), ("norm",), "zeros"),
+        "gate_proj": ParamSpec((D, F), ("embed", "mlp")),
+        "up_proj": ParamSpec((D, F), ("embed", "mlp")),
+        "down_proj": ParamSpec((F, D), ("mlp", "embed")),
     }
     delta = common | {
-        "in_proj_qkv": L.ParamSpec((D, d["conv"]), ("embed", "heads")),
-        "in_proj_z": L.ParamSpec((D, d["value"]), ("embed", "heads")),
-        "in_proj_b": L.ParamSpec((D, Nv), ("embed", None)),
-        "in_proj_a": L.ParamSpec((D, Nv), ("embed", None)),
-        "conv1d": L.ParamSpec((W, d["conv"]), ("conv", "heads"), scale=0.5),
-        "dt_bias": L.ParamSpec((Nv,), (None,), "ones"),
-        "A_log": L.ParamSpec((Nv,), (None,), "zeros"),
-        "norm": L.ParamSpec((cfg.linear_value_head_dim,), ("norm",), "ones"),  # gated norm: plain weight
-        "out_proj": L.ParamSpec((d["value"], D), ("heads", "embed")),
+        "in_proj_qkv": ParamSpec((D, d["conv"]), ("embed", "heads")),
+        "in_proj_z": ParamSpec((D, d["value"]), ("embed", "heads")),
+        "in_proj_b": ParamSpec((D, Nv), ("embed", None)),
+        "in_proj_a": ParamSpec((D, Nv), ("embed", None)),
+        "conv1d": ParamSpec((W, d["conv"]), ("conv", "heads"), scale=0.5),
+        "dt_bias": ParamSpec((Nv,), (None,), "ones"),
+        "A_log": ParamSpec((Nv,), (None,), "zeros"),
+        "norm": ParamSpec((cfg.linear_value_head_dim,), ("norm",), "ones"),  # gated norm: plain weight
+        "out_proj": ParamSpec((d["value"], D), ("heads", "embed")),
     }
     attn = common | {
-        "q_proj": L.ParamSpec((D, 2 * NH), ("embed", "heads")),  # per head: [query | gate]
-        "k_proj": L.ParamSpec((D, KH), ("embed", "kv_heads")),
-        "v_proj": L.ParamSpec((D, KH), ("embed", "kv_heads")),
-        "o_proj": L.ParamSpec((NH, D), ("heads", "embed")),
-        "q_norm": L.ParamSpec((H,), ("norm",), "zeros"),
-        "k_norm": L.ParamSpec((H,), ("norm",), "zeros"),
+        "q_proj": ParamSpec((D, 2 * NH), ("embed", "heads")),  # per head: [query | gate]
+        "k_proj": ParamSpec((D, KH), ("embed", "kv_heads")),
+        "v_proj": ParamSpec((D, KH), ("embed", "kv_heads")),
+        "o_proj": ParamSpec((NH, D), ("heads", "embed")),
+        "q_norm": ParamSpec((H,), ("norm",), "zeros"),
+        "k_norm": ParamSpec((H,), ("norm",), "zeros"),
     }
     specs = {
-        "embed": L.ParamSpec((cfg.vocab_size, D), ("vocab", "embed")),
+        "embed": ParamSpec((cfg.vocab_size, D), ("vocab", "embed")),
         "delta_layers": {k: L.stacked(s, len(layer_ids(cfg, LINEAR))) for k, s in delta.items()},
         "attn_layers": {k: L.stacked(s, len(layer_ids(cfg, FULL))) for k, s in attn.items()},
-        "final_norm": L.ParamSpec((D,), ("norm",), "zeros"),
+        "final_norm": ParamSpec((D,), ("norm",), "zeros"),
     }
     if not cfg.tie_word_embeddings:
-        specs["lm_head"] = L.ParamSpec((D, cfg.vocab_size), ("embed", "vocab"))
+        specs["lm_head"] = ParamSpec((D, cfg.vocab_size), ("embed", "vocab"))
     return specs
 
 

@@ -16,6 +16,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jax_distill.params import ParamSpec
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # Default rules: weights are split over fsdp on their model dimension and over tensor on heads / MLP
@@ -120,6 +122,4 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
 
 def tree_shardings(specs: Any, rules: ShardingRules) -> Any:
     """NamedShardings for a tree of ParamSpecs."""
-    from jax_distill.models.layers import ParamSpec
-
     return jax.tree.map(lambda s: rules.sharding(s.axes, s.shape), specs, is_leaf=lambda x: isinstance(x, ParamSpec))

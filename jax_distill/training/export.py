@@ -31,6 +31,6 @@ def export(model: Model, out_dir: str, *, tokenizer_from: str | None, dtype: Any
 
 def _to_host(tree: Any) -> Any:
     """numpy copies of every leaf (gathered across hosts where sharded over several)."""
-    from jax_distill.models.hf_io import _host_array
+    from jax_distill.models.hf_io import host_array
 
-    return jax.tree.map(_host_array, tree)
+    return jax.tree.map(host_array, tree)

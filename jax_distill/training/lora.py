@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
-from jax_distill.models.layers import Adapted, LoRA, ParamSpec, weight
+from jax_distill.models.layers import Adapted, LoRA, weight
+from jax_distill.params import ParamSpec
 
 # Every attention and MLP projection of every dense family (the paper's choice).
 DEFAULT_TARGETS = r"(^|/)(q|k|v|o|gate|up|down)_proj$"
@@ -175,7 +176,7 @@ def count(tree: Any) -> int:
 def peft_tensors(params: Any, wmap: dict, dtype=np.float32) -> tuple[dict[str, np.ndarray], list[str]]:
     """PEFT adapter tensors {base_model.model.<module>.lora_A.weight: [r, in], lora_B: [out, r]} and the
     target module names, from the stacked adapters of `params` and the family's HF weight map."""
-    from jax_distill.models.hf_io import _host_array
+    from jax_distill.models.hf_io import host_array
 
     tensors, modules = {}, set()
     for path, t in wmap.items():
@@ -189,7 +190,7 @@ def peft_tensors(params: Any, wmap: dict, dtype=np.float32) -> tuple[dict[str, n
             continue
         if t.write is not None or t.read is not None or not t.key.endswith(".weight") or not t.transpose:
             raise ValueError(f"PEFT export: {'/'.join(path)} maps to a fused or custom HF layout ({t.key})")
-        a, b = _host_array(node.lora.a), _host_array(node.lora.b)
+        a, b = host_array(node.lora.a), host_array(node.lora.b)
         layers = range(a.shape[0]) if t.layered else [None]
         for layer in layers:
             module = t.hf_key(layer)[: -len(".weight")]
