@@ -230,7 +230,8 @@ def test_expert_axis_shards_over_mesh():
     cfg = _random_cfg(num_experts=4)
     params = _random_params(cfg, seed=4)
     mesh = make_mesh(data=1, fsdp=-1, tensor=4)
-    rules = ShardingRules(mesh, tuple((n, "tensor" if n == "experts" else v) for n, v in DEFAULT_RULES))
+    expert_parallel = {"experts": "tensor", "mlp": None}  # the tensor axis splits experts, not their width
+    rules = ShardingRules(mesh, tuple((n, expert_parallel.get(n, v)) for n, v in DEFAULT_RULES))
     sharded_params = jax.device_put(params, tree_shardings(gpt_oss.param_specs(cfg), rules))
     assert sharded_params["layers"]["gate_up_proj"].sharding.spec[1] == "tensor"
     tokens, positions, segments, _ = hf_tiny.padded_batch(cfg.vocab_size, [12, 9], seed=8)

@@ -3,6 +3,11 @@
 Parameters and activations name their axes logically ("embed", "mlp", "batch"...); a rules table maps
 each name to zero or more mesh axes. The same model code then runs on one CPU, 8 simulated devices,
 a GPU or a TPU slice: only the mesh and the rules change.
+
+A layout the rules cannot give is an error, not a quiet replication: two logical axes of one array on
+the same mesh axis, or a dimension its mesh axes do not divide. Two cases are replicated on purpose and
+recorded (`ShardingRules.replicated`, one warning each): a vocabulary (its size is the tokenizer's,
+not ours to pick) and a parameter vector (a bias, norm scale or per-head sink costs nothing whole).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import logging
 from typing import Any, Iterator, Sequence
 
 import jax
@@ -17,6 +23,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jax_distill.params import ParamSpec
+
+log = logging.getLogger(__name__)
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -39,12 +47,18 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
+class ShardingError(ValueError):
+    """An array cannot be laid out on the mesh as the rules say."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ShardingRules:
     """A mesh plus the logical-axis table; turns logical axes into NamedShardings."""
 
     mesh: Mesh
     rules: tuple[tuple[str, Any], ...] = DEFAULT_RULES
+    # what was replicated on purpose (parameter path, or an activation's axes) -> why; for a run to report
+    replicated: dict[str, str] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         for name, target in self.rules:
@@ -52,29 +66,67 @@ class ShardingRules:
                 if axis not in self.mesh.axis_names:
                     raise ValueError(f"sharding rule {name!r} -> {axis!r}: mesh has axes {self.mesh.axis_names}")
 
-    def spec(self, axes: Sequence[str | None], shape: Sequence[int] | None = None) -> PartitionSpec:
-        """PartitionSpec for logical axes; a mesh axis is used once, and only where it divides the dim."""
+    def spec(
+        self, axes: Sequence[str | None], shape: Sequence[int] | None = None, name: str | None = None
+    ) -> PartitionSpec:
+        """PartitionSpec for an array's logical axes; `name` is the parameter's path (None: an activation).
+
+        Each mesh axis serves one logical axis of an array, whatever its size (a colliding table fails on
+        one CPU too). The one exception is the batch: activations split their batch over fsdp where
+        weights split their embed dim, so on an activation the batch keeps its mesh axes and later axes
+        do without them. A dimension its mesh axes do not divide raises, unless it is replicated on
+        purpose (see the module docstring).
+        """
         table = dict(self.rules)
-        used: set[str] = set()
+        what = f"parameter {name!r}" if name is not None else "activation"
+        what += f" with axes {tuple(axes)}" + ("" if shape is None else f" and shape {tuple(shape)}")
+        owner: dict[str, str] = {}  # mesh axis -> the logical axis using it
         out = []
-        for i, name in enumerate(axes):
-            if name is not None and name not in table:
-                raise KeyError(f"no sharding rule for logical axis {name!r}")
-            mesh_axes = tuple(a for a in _as_tuple(table.get(name)) if a not in used and self.mesh.shape[a] > 1)
-            if shape is not None:
-                size = int(np.prod([self.mesh.shape[a] for a in mesh_axes])) if mesh_axes else 1
-                if shape[i] % size:
-                    mesh_axes = ()
-            used.update(mesh_axes)
-            out.append(mesh_axes[0] if len(mesh_axes) == 1 else (mesh_axes or None))
+        for i, axis in enumerate(axes):
+            if axis is not None and axis not in table:
+                raise KeyError(f"no sharding rule for logical axis {axis!r} ({what})")
+            mesh_axes = []
+            for a in _as_tuple(table.get(axis)):
+                if owner.get(a) == "batch":
+                    continue
+                if a in owner:
+                    raise ShardingError(f"{what}: logical axes {owner[a]!r} and {axis!r} both map to mesh axis {a!r}")
+                owner[a] = axis
+                if self.mesh.shape[a] > 1:
+                    mesh_axes.append(a)
+            size = int(np.prod([self.mesh.shape[a] for a in mesh_axes]))
+            if shape is not None and shape[i] % size:
+                why = f"dim {i} ({axis!r}, size {shape[i]}) does not divide over mesh axes {tuple(mesh_axes)} ({size})"
+                reason = _replicated_on_purpose(axes, axis, name)
+                if reason is None:
+                    raise ShardingError(f"{what}: {why}; choose mesh sizes or rules that divide it")
+                self._record(name or f"activation {tuple(axes)}", f"{why}; replicated ({reason})")
+                mesh_axes = []
+            out.append(mesh_axes[0] if len(mesh_axes) == 1 else (tuple(mesh_axes) or None))
         return PartitionSpec(*out)
 
-    def sharding(self, axes: Sequence[str | None], shape: Sequence[int] | None = None) -> NamedSharding:
-        return NamedSharding(self.mesh, self.spec(axes, shape))
+    def sharding(
+        self, axes: Sequence[str | None], shape: Sequence[int] | None = None, name: str | None = None
+    ) -> NamedSharding:
+        return NamedSharding(self.mesh, self.spec(axes, shape, name))
 
     def shards(self, axis: str) -> int:
         """How many pieces the logical axis is split into (the product of its mesh axes' sizes)."""
         return int(np.prod([self.mesh.shape[a] for a in _as_tuple(dict(self.rules)[axis])]))
+
+    def _record(self, key: str, why: str) -> None:
+        if key not in self.replicated:
+            self.replicated[key] = why
+            log.warning("sharding: %s: %s", key, why)
+
+
+def _replicated_on_purpose(axes: Sequence[str | None], axis: str | None, name: str | None) -> str | None:
+    """Why a dimension that does not divide may stay whole, or None where that is an error."""
+    if axis == "vocab":
+        return "a vocabulary's size is the tokenizer's"
+    if name is not None and sum(a != "layers" for a in axes) == 1:
+        return "a parameter vector costs little whole"
+    return None
 
 
 def _as_tuple(target) -> tuple[str, ...]:
@@ -121,5 +173,9 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
 
 
 def tree_shardings(specs: Any, rules: ShardingRules) -> Any:
-    """NamedShardings for a tree of ParamSpecs."""
-    return jax.tree.map(lambda s: rules.sharding(s.axes, s.shape), specs, is_leaf=lambda x: isinstance(x, ParamSpec))
+    """NamedShardings for a tree of ParamSpecs; errors and `rules.replicated` name each by its path."""
+
+    def one(path, spec: ParamSpec) -> NamedSharding:
+        return rules.sharding(spec.axes, spec.shape, jax.tree_util.keystr(path, simple=True, separator="/"))
+
+    return jax.tree_util.tree_map_with_path(one, specs, is_leaf=lambda x: isinstance(x, ParamSpec))
