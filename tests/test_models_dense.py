@@ -142,3 +142,15 @@ def test_unknown_architecture_is_named(llama_folder, tmp_path):
 def test_not_a_model_folder(tmp_path):
     with pytest.raises(CheckpointError, match="no config.json"):
         from_pretrained(tmp_path)
+
+
+def test_export_of_a_tree_missing_a_parameter_names_it(llama_folder, tmp_path):
+    """A parameter the weight map lists but the tree lacks fails the export instead of being left out."""
+    from jax_distill.models import save_pretrained
+
+    model = from_pretrained(llama_folder)
+    layers = {k: v for k, v in model.params["layers"].items() if k != "up_proj"}
+    model.params = {**model.params, "layers": layers}
+    with pytest.raises(CheckpointError, match=r"lacks layers/up_proj$"):
+        save_pretrained(model, tmp_path / "export")
+    assert not (tmp_path / "export" / "model.safetensors").exists()

@@ -38,7 +38,7 @@ TOKENIZER_FILES = (
 
 
 class CheckpointError(ValueError):
-    """A checkpoint folder does not match the model it is loaded into."""
+    """A checkpoint folder, or a parameter tree being exported, does not match the model's weight map."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,15 +268,29 @@ def host_array(x: jax.Array) -> np.ndarray:
 
 
 def iter_hf_tensors(params: dict, wmap: dict[tuple[str, ...], HFTensor], dtype=None):
-    """Yield (HF key, numpy array) for every parameter, LoRA merged, one layer at a time."""
-    for path, t in wmap.items():
+    """(HF key, numpy array) for every parameter, LoRA merged, one layer at a time.
+
+    Every parameter of the map must be in the tree: a missing one raises (naming them all) before any
+    tensor is produced, rather than leaving a checkpoint without it.
+    """
+    nodes, missing = {}, []
+    for path in wmap:
         node: Any = params
         try:
             for name in path:
                 node = node[name]
         except KeyError:
+            missing.append("/".join(path))
             continue
-        node = weight(node)
+        nodes[path] = node
+    if missing:
+        raise CheckpointError(f"cannot export: the parameter tree lacks {', '.join(missing)}")
+    return _hf_tensors(nodes, wmap, dtype)
+
+
+def _hf_tensors(nodes: dict, wmap: dict[tuple[str, ...], HFTensor], dtype):
+    for path, t in wmap.items():
+        node = weight(nodes[path])
         layers = range(node.shape[0]) if t.layered else [None]
         for layer in layers:
             arr = host_array(node[layer] if layer is not None else node)
