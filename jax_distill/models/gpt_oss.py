@@ -4,10 +4,10 @@ Per layer (HF `GptOssDecoderLayer`): RMSNorm -> attention (q/k/v/o biases, YaRN 
 logit per head in the softmax normaliser, a sliding window on the layers `layer_types` marks
 "sliding_attention") -> residual -> RMSNorm -> MoE (moe.py) -> residual.
 
-Layers are stacked and run under `lax.scan`; the sliding/full choice is a scanned per-layer flag that
-selects between two masks built once per call. The KV cache keeps one slot per position for every
-layer (llama's convention: `index` is where the T new tokens go); the window is enforced by the mask on
-cached positions, so prefill of left-padded prompts and one-token decode run through the same code.
+The layers run in the shared decoder stack (decoder.py); the sliding/full choice is a scanned per-layer
+flag that selects between two masks built once per call. The KV cache keeps one slot per position for
+every layer (llama's layout); the window is enforced by the mask on cached positions, so prefill of
+left-padded prompts and one-token decode run through the same code.
 
 Released checkpoints store expert weights as MXFP4 blocks + scales (mxfp4.py): `Config.mxfp4` is read
 from `quantization_config`, and the weight map then dequantizes on load. Export always writes plain
@@ -26,12 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax_distill.models import decoder, hf_io, mxfp4
 from jax_distill.models import layers as L
-from jax_distill.models import mxfp4
 from jax_distill.models.hf_io import CheckpointError, HFTensor
 from jax_distill.models.llama import init_cache  # noqa: F401  (same cache layout)
 from jax_distill.models.moe import moe_mlp
-from jax_distill.parallel.sharding import constrain
 from jax_distill.params import ParamSpec
 
 Array = jax.Array
@@ -81,7 +80,7 @@ class Config:
     @classmethod
     def from_hf(cls, hf: dict, **overrides) -> "Config":
         layers = hf["num_hidden_layers"]
-        head_dim = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
+        widths = decoder.widths_from_hf(hf)
         layer_types = hf.get("layer_types") or [SLIDING if (i + 1) % 2 else FULL for i in range(layers)]
         quant = hf.get("quantization_config") or {}
         if quant and quant.get("quant_method") != "mxfp4":
@@ -91,18 +90,13 @@ class Config:
             hf_rope["rope_parameters"] = dict(DEFAULT_YARN)
         hf_rope.setdefault("rope_theta", (hf_rope.get("rope_parameters") or {}).get("rope_theta", 150000.0))
         fields = dict(
-            vocab_size=hf["vocab_size"],
-            hidden_size=hf["hidden_size"],
-            intermediate_size=hf["intermediate_size"],
+            **widths,
             num_layers=layers,
-            num_heads=hf["num_attention_heads"],
-            num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
-            head_dim=head_dim,
             num_experts=hf["num_local_experts"],
             num_experts_per_token=hf.get("num_experts_per_tok") or hf.get("experts_per_token", 4),
             layer_types=tuple(layer_types),
             sliding_window=hf.get("sliding_window") or 128,
-            rope=L.Rope.from_hf(hf_rope, head_dim),
+            rope=L.Rope.from_hf(hf_rope, widths["head_dim"]),
             rms_norm_eps=hf.get("rms_norm_eps", 1e-5),
             swiglu_alpha=hf.get("swiglu_alpha", 1.702),
             swiglu_limit=hf.get("swiglu_limit", 7.0),
@@ -124,28 +118,16 @@ class Config:
         return dict(
             architectures=[self.architecture],
             model_type=self.model_type,
-            vocab_size=self.vocab_size,
-            hidden_size=self.hidden_size,
-            intermediate_size=self.intermediate_size,
-            num_hidden_layers=self.num_layers,
-            num_attention_heads=self.num_heads,
-            num_key_value_heads=self.num_kv_heads,
-            head_dim=self.head_dim,
+            **decoder.hf_fields(self),
             num_local_experts=self.num_experts,
             num_experts_per_tok=self.num_experts_per_token,
             experts_per_token=self.num_experts_per_token,
             layer_types=list(self.layer_types),
             sliding_window=self.sliding_window,
-            hidden_act="silu",
-            rms_norm_eps=self.rms_norm_eps,
             swiglu_alpha=self.swiglu_alpha,
             swiglu_limit=self.swiglu_limit,
-            tie_word_embeddings=self.tie_word_embeddings,
             attention_bias=True,
-            max_position_embeddings=self.max_position_embeddings,
             rope_parameters={"rope_theta": self.rope.theta, "rope_type": "default", **dict(self.rope.scaling)},
-            bos_token_id=self.bos_token_id,
-            eos_token_id=self.eos_token_id,
             pad_token_id=self.pad_token_id,
         )
 
@@ -154,19 +136,11 @@ class Config:
 
 
 def param_specs(cfg: Config) -> dict:
-    D, F, H, E, N = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim, cfg.num_experts, cfg.num_heads
-    NH, KH = N * H, cfg.num_kv_heads * H
+    D, F, E = cfg.hidden_size, cfg.intermediate_size, cfg.num_experts
     layer = {
         "input_norm": ParamSpec((D,), ("norm",), "ones"),
-        "q_proj": ParamSpec((D, NH), ("embed", "heads")),
-        "q_bias": ParamSpec((NH,), ("heads",), "zeros"),
-        "k_proj": ParamSpec((D, KH), ("embed", "kv_heads")),
-        "k_bias": ParamSpec((KH,), ("kv_heads",), "zeros"),
-        "v_proj": ParamSpec((D, KH), ("embed", "kv_heads")),
-        "v_bias": ParamSpec((KH,), ("kv_heads",), "zeros"),
-        "o_proj": ParamSpec((NH, D), ("heads", "embed")),
-        "o_bias": ParamSpec((D,), ("embed",), "zeros"),
-        "sinks": ParamSpec((N,), ("heads",)),
+        **decoder.attention_specs(cfg, bias=True),
+        "sinks": ParamSpec((cfg.num_heads,), ("heads",)),
         "post_norm": ParamSpec((D,), ("norm",), "ones"),
         "router": ParamSpec((D, E), ("embed", None)),  # router logits stay whole for top-k
         "router_bias": ParamSpec((E,), (None,), "zeros"),
@@ -175,14 +149,7 @@ def param_specs(cfg: Config) -> dict:
         "down_proj": ParamSpec((E, F, D), ("experts", "mlp", "embed")),
         "down_bias": ParamSpec((E, D), ("experts", "embed"), "zeros"),
     }
-    specs = {
-        "embed": ParamSpec((cfg.vocab_size, D), ("vocab", "embed")),
-        "layers": {name: L.stacked(s, cfg.num_layers) for name, s in layer.items()},
-        "final_norm": ParamSpec((D,), ("norm",), "ones"),
-    }
-    if not cfg.tie_word_embeddings:
-        specs["lm_head"] = ParamSpec((D, cfg.vocab_size), ("embed", "vocab"))
-    return specs
+    return decoder.stack_specs(cfg, {"layers": (layer, cfg.num_layers)})
 
 
 def _mxfp4_reader(key: str, shape: tuple[int, ...]):
@@ -229,12 +196,7 @@ def weight_map(cfg: Config) -> dict[tuple[str, ...], HFTensor]:
         "down_bias": ("mlp.experts.down_proj_bias", False),
     }
     specs = param_specs(cfg)
-    out = {
-        ("embed",): HFTensor("model.embed_tokens.weight"),
-        ("final_norm",): HFTensor("model.norm.weight"),
-    }
-    if "lm_head" in specs:
-        out[("lm_head",)] = HFTensor("lm_head.weight", transpose=True)
+    out = hf_io.stack_tensors(specs)
     for name, spec in specs["layers"].items():
         key, transpose = table[name]
         key = prefix + key
@@ -254,59 +216,25 @@ def weight_map(cfg: Config) -> dict[tuple[str, ...], HFTensor]:
 # ----------------------------------------------------------------------------- forward
 
 
-def attention_block(x: Array, p: dict, cfg: Config, cos_sin, mask: Array, layer_cache, cache_index, keys):
-    """Sink attention on x [B, T, D]; with a cache, new k/v are written at cache_index first."""
-    B, T, _ = x.shape
-    q = L.linear(x, p["q_proj"], p["q_bias"], keys("q_proj")).reshape(B, T, cfg.num_heads, cfg.head_dim)
-    k = L.linear(x, p["k_proj"], p["k_bias"], keys("k_proj")).reshape(B, T, cfg.num_kv_heads, cfg.head_dim)
-    v = L.linear(x, p["v_proj"], p["v_bias"], keys("v_proj")).reshape(B, T, cfg.num_kv_heads, cfg.head_dim)
-    q, k = L.apply_rope(q, *cos_sin), L.apply_rope(k, *cos_sin)
-    if layer_cache is not None:
-        k, v, layer_cache = L.cache_write(layer_cache, k, v, cache_index)
-    out = L.dot_product_attention(q, k, v, mask, sinks=p["sinks"])  # [B, T, N, H]
-    out = L.linear(out.reshape(B, T, -1), p["o_proj"], p["o_bias"], keys("o_proj"))
-    return out, layer_cache
+def attention_block(x: Array, p: dict, cfg: Config, ctx: dict, layer_cache, keys):
+    """Sink attention on x [B, T, D] under this layer's mask (sliding window or full)."""
+    mask = jnp.where(ctx["is_sliding"], ctx["sliding_mask"], ctx["mask"])
+    return decoder.self_attention(x, p, cfg, {**ctx, "mask": mask}, layer_cache, keys)
 
 
-def hidden_states(
-    params: dict,
-    cfg: Config,
-    tokens: Array,
-    positions: Array,
-    segment_ids: Array,
-    cache: dict | None = None,
-    *,
-    lora_key: Array | None = None,
-    remat: str = "none",
-) -> tuple[Array, dict | None]:
+def hidden_states(params, cfg, tokens, positions, segment_ids, cache=None, *, lora_key=None, remat="none"):
     """tokens/positions/segment_ids [B, T] -> final-normed hidden [B, T, D] (and the updated cache)."""
-    dtype = jnp.dtype(cfg.dtype)
-    x = params["embed"].astype(dtype)[tokens]  # [B, T, D]
-    x = constrain(x, ("batch", "seq", "embed"))
-    cos_sin = cfg.rope.cos_sin(positions)
-    index, k_positions, k_segments = L.key_slots(cache, positions, segment_ids)
-    full_mask = L.attention_mask(positions, segment_ids, k_positions, k_segments)  # [B, T, S]
-    sliding_mask = L.attention_mask(positions, segment_ids, k_positions, k_segments, cfg.sliding_window)
-    sliding = jnp.asarray(np.array([t == SLIDING for t in cfg.layer_types]))  # [L]
 
-    def block(x, scanned):
-        p, layer_cache, layer_id, is_sliding = scanned
-        keys = L.projection_keys(lora_key, layer_id)
-        mask = jnp.where(is_sliding, sliding_mask, full_mask)
-        h = L.rms_norm(x, p["input_norm"], cfg.rms_norm_eps)
-        attn, layer_cache = attention_block(h, p, cfg, cos_sin, mask, layer_cache, index, keys)
-        x = x + attn
-        h = L.rms_norm(x, p["post_norm"], cfg.rms_norm_eps)
-        x = x + moe_mlp(h, p, cfg.num_experts_per_token, cfg.swiglu_alpha, cfg.swiglu_limit)
-        return constrain(x, ("batch", "seq", "embed")), layer_cache
+    def experts(h: Array, p: dict, keys) -> Array:  # no LoRA on experts, so no dropout keys
+        return moe_mlp(h, p, cfg.num_experts_per_token, cfg.swiglu_alpha, cfg.swiglu_limit)
 
-    layer_caches = None if cache is None else {"k": cache["k"], "v": cache["v"]}
-    scanned = (params["layers"], layer_caches, jnp.arange(cfg.num_layers), sliding)
-    x, layer_caches = jax.lax.scan(L.remat(block, remat), x, scanned)
-    x = L.rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
-    if cache is not None:
-        cache = {**layer_caches, "positions": k_positions, "segments": k_segments, "index": index + tokens.shape[1]}
-    return x, cache
+    sliding = {"is_sliding": jnp.asarray(np.array([t == SLIDING for t in cfg.layer_types]))}  # [L]
+    layers = decoder.uniform_layers(
+        attention_block, experts, params, cfg, lora_key=lora_key, remat=remat, per_layer=sliding
+    )
+    return decoder.hidden_states(
+        params, cfg, tokens, positions, segment_ids, cache, layers, sliding_window=cfg.sliding_window
+    )
 
 
 unembed = L.unembed

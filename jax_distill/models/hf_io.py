@@ -65,6 +65,14 @@ class HFTensor:
         return tuple(k.format(i=layer) for k in keys)
 
 
+def stack_tensors(specs: dict, prefix: str = "model.") -> dict[tuple[str, ...], HFTensor]:
+    """The weight map of a decoder's tensors outside its layers: embedding, final norm, untied lm_head."""
+    out = {("embed",): HFTensor(prefix + "embed_tokens.weight"), ("final_norm",): HFTensor(prefix + "norm.weight")}
+    if "lm_head" in specs:
+        out[("lm_head",)] = HFTensor("lm_head.weight", transpose=True)
+    return out
+
+
 # ----------------------------------------------------------------------------- folders
 
 

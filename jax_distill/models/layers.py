@@ -104,10 +104,10 @@ def rms_norm(x: Array, w: Array, eps: float, zero_centered: bool = False) -> Arr
 
 
 def swiglu_mlp(x: Array, p: dict, keys: Callable[[str], Array | None] = lambda name: None) -> Array:
-    """down(silu(gate(x)) * up(x))."""
-    gate = linear(x, p["gate_proj"], dropout_key=keys("gate_proj"))
-    up = linear(x, p["up_proj"], dropout_key=keys("up_proj"))
-    return linear(jax.nn.silu(gate) * up, p["down_proj"], dropout_key=keys("down_proj"))
+    """down(silu(gate(x)) * up(x)), each projection with its bias where the layer has one (mlp_bias)."""
+    gate = linear(x, p["gate_proj"], p.get("gate_bias"), keys("gate_proj"))
+    up = linear(x, p["up_proj"], p.get("up_bias"), keys("up_proj"))
+    return linear(jax.nn.silu(gate) * up, p["down_proj"], p.get("down_bias"), keys("down_proj"))
 
 
 # ----------------------------------------------------------------------------- rotary embeddings

@@ -1,8 +1,7 @@
 """Llama 3.x (and, with q/k norms, Qwen3): a dense decoder on the shared layers.
 
-Layers are stacked on a leading axis and run under `lax.scan` (one compiled block, whatever the depth).
-The same forward serves training (packed rows with segment ids), prefill and one-token decode (a KV cache
-with one slot per position); see `attention_mask` for the one masking rule behind all three.
+Each layer is GQA self-attention and a SwiGLU MLP (biases where the config has them), run by the shared
+decoder stack (decoder.py): one forward for training rows, prefill and one-token decode.
 """
 
 from __future__ import annotations
@@ -13,9 +12,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jax_distill.models import decoder, hf_io
 from jax_distill.models import layers as L
 from jax_distill.models.hf_io import HFTensor
-from jax_distill.parallel.sharding import constrain
 from jax_distill.params import ParamSpec
 
 Array = jax.Array
@@ -45,16 +44,11 @@ class Config:
 
     @classmethod
     def from_hf(cls, hf: dict, **overrides) -> "Config":
-        head_dim = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
+        widths = decoder.widths_from_hf(hf)
         fields = dict(
-            vocab_size=hf["vocab_size"],
-            hidden_size=hf["hidden_size"],
-            intermediate_size=hf["intermediate_size"],
+            **widths,
             num_layers=hf["num_hidden_layers"],
-            num_heads=hf["num_attention_heads"],
-            num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
-            head_dim=head_dim,
-            rope=L.Rope.from_hf(hf, head_dim),
+            rope=L.Rope.from_hf(hf, widths["head_dim"]),
             rms_norm_eps=hf.get("rms_norm_eps", 1e-5),
             tie_word_embeddings=hf.get("tie_word_embeddings", False),
             attention_bias=hf.get("attention_bias", False),
@@ -71,21 +65,9 @@ class Config:
         hf = dict(
             architectures=[self.architecture],
             model_type=self.model_type,
-            vocab_size=self.vocab_size,
-            hidden_size=self.hidden_size,
-            intermediate_size=self.intermediate_size,
-            num_hidden_layers=self.num_layers,
-            num_attention_heads=self.num_heads,
-            num_key_value_heads=self.num_kv_heads,
-            head_dim=self.head_dim,
-            hidden_act="silu",
-            rms_norm_eps=self.rms_norm_eps,
-            tie_word_embeddings=self.tie_word_embeddings,
+            **decoder.hf_fields(self),
             attention_bias=self.attention_bias,
-            max_position_embeddings=self.max_position_embeddings,
             rope_theta=self.rope.theta,
-            bos_token_id=self.bos_token_id,
-            eos_token_id=self.eos_token_id,
         )
         if self.model_type == "llama":
             hf["mlp_bias"] = self.mlp_bias
@@ -100,42 +82,22 @@ class Config:
 
 
 def param_specs(cfg: Config) -> dict:
-    D, F, H = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
-    NH, KH = cfg.num_heads * H, cfg.num_kv_heads * H
+    D, F = cfg.hidden_size, cfg.intermediate_size
     layer = {
         "input_norm": ParamSpec((D,), ("norm",), "ones"),
-        "q_proj": ParamSpec((D, NH), ("embed", "heads")),
-        "k_proj": ParamSpec((D, KH), ("embed", "kv_heads")),
-        "v_proj": ParamSpec((D, KH), ("embed", "kv_heads")),
-        "o_proj": ParamSpec((NH, D), ("heads", "embed")),
+        **decoder.attention_specs(cfg, cfg.attention_bias, cfg.qk_norm),
         "post_norm": ParamSpec((D,), ("norm",), "ones"),
         "gate_proj": ParamSpec((D, F), ("embed", "mlp")),
         "up_proj": ParamSpec((D, F), ("embed", "mlp")),
         "down_proj": ParamSpec((F, D), ("mlp", "embed")),
     }
-    if cfg.attention_bias:
-        layer |= {
-            "q_bias": ParamSpec((NH,), ("heads",), "zeros"),
-            "k_bias": ParamSpec((KH,), ("kv_heads",), "zeros"),
-            "v_bias": ParamSpec((KH,), ("kv_heads",), "zeros"),
-            "o_bias": ParamSpec((D,), ("embed",), "zeros"),
-        }
     if cfg.mlp_bias:
         layer |= {
             "gate_bias": ParamSpec((F,), ("mlp",), "zeros"),
             "up_bias": ParamSpec((F,), ("mlp",), "zeros"),
             "down_bias": ParamSpec((D,), ("embed",), "zeros"),
         }
-    if cfg.qk_norm:
-        layer |= {"q_norm": ParamSpec((H,), ("norm",), "ones"), "k_norm": ParamSpec((H,), ("norm",), "ones")}
-    specs = {
-        "embed": ParamSpec((cfg.vocab_size, D), ("vocab", "embed")),
-        "layers": {name: L.stacked(s, cfg.num_layers) for name, s in layer.items()},
-        "final_norm": ParamSpec((D,), ("norm",), "ones"),
-    }
-    if not cfg.tie_word_embeddings:
-        specs["lm_head"] = ParamSpec((D, cfg.vocab_size), ("embed", "vocab"))
-    return specs
+    return decoder.stack_specs(cfg, {"layers": (layer, cfg.num_layers)})
 
 
 def weight_map(cfg: Config) -> dict[tuple[str, ...], HFTensor]:
@@ -152,12 +114,7 @@ def weight_map(cfg: Config) -> dict[tuple[str, ...], HFTensor]:
         **{f"{p}_bias": f"mlp.{p}_proj.bias" for p in ("gate", "up", "down")},
     }
     specs = param_specs(cfg)
-    out = {
-        ("embed",): HFTensor("model.embed_tokens.weight"),
-        ("final_norm",): HFTensor("model.norm.weight"),
-    }
-    if "lm_head" in specs:
-        out[("lm_head",)] = HFTensor("lm_head.weight", transpose=True)
+    out = hf_io.stack_tensors(specs)
     for name, spec in specs["layers"].items():
         out[("layers", name)] = HFTensor(prefix + table[name], transpose=len(spec.shape) == 3, layered=True)
     return out
@@ -178,79 +135,10 @@ def init_cache(cfg: Config, batch: int, max_len: int, dtype=jnp.float32) -> dict
     }
 
 
-def attention_block(
-    x: Array,
-    p: dict,
-    cfg: Config,
-    cos_sin: tuple[Array, Array],
-    mask: Array,
-    layer_cache: dict | None,
-    cache_index: Array | None,
-    keys,
-) -> tuple[Array, dict | None]:
-    """Self-attention on x [B, T, D]; with a cache, new k/v are written at cache_index first."""
-    B, T, _ = x.shape
-    bias = (lambda n: p.get(n)) if cfg.attention_bias else (lambda n: None)
-    q = L.linear(x, p["q_proj"], bias("q_bias"), keys("q_proj")).reshape(B, T, cfg.num_heads, cfg.head_dim)
-    k = L.linear(x, p["k_proj"], bias("k_bias"), keys("k_proj")).reshape(B, T, cfg.num_kv_heads, cfg.head_dim)
-    v = L.linear(x, p["v_proj"], bias("v_bias"), keys("v_proj")).reshape(B, T, cfg.num_kv_heads, cfg.head_dim)
-    if cfg.qk_norm:
-        q = L.rms_norm(q, p["q_norm"], cfg.rms_norm_eps)
-        k = L.rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
-    q, k = L.apply_rope(q, *cos_sin), L.apply_rope(k, *cos_sin)
-    if layer_cache is not None:
-        k, v, layer_cache = L.cache_write(layer_cache, k, v, cache_index)
-    out = L.dot_product_attention(q, k, v, mask)  # [B, T, N, H]
-    out = L.linear(out.reshape(B, T, -1), p["o_proj"], bias("o_bias"), keys("o_proj"))
-    return out, layer_cache
-
-
-def _mlp(x: Array, p: dict, cfg: Config, keys) -> Array:
-    if not cfg.mlp_bias:
-        return L.swiglu_mlp(x, p, keys)
-    gate = L.linear(x, p["gate_proj"], p["gate_bias"], keys("gate_proj"))
-    up = L.linear(x, p["up_proj"], p["up_bias"], keys("up_proj"))
-    return L.linear(jax.nn.silu(gate) * up, p["down_proj"], p["down_bias"], keys("down_proj"))
-
-
-def hidden_states(
-    params: dict,
-    cfg: Config,
-    tokens: Array,
-    positions: Array,
-    segment_ids: Array,
-    cache: dict | None = None,
-    *,
-    lora_key: Array | None = None,
-    remat: str = "none",
-) -> tuple[Array, dict | None]:
+def hidden_states(params, cfg, tokens, positions, segment_ids, cache=None, *, lora_key=None, remat="none"):
     """tokens/positions/segment_ids [B, T] -> final-normed hidden [B, T, D] (and the updated cache)."""
-    dtype = jnp.dtype(cfg.dtype)
-    x = params["embed"].astype(dtype)[tokens]  # [B, T, D]
-    x = constrain(x, ("batch", "seq", "embed"))
-    cos_sin = cfg.rope.cos_sin(positions)
-    index, k_positions, k_segments = L.key_slots(cache, positions, segment_ids)
-    mask = L.attention_mask(positions, segment_ids, k_positions, k_segments)
-
-    def block(x, scanned):
-        p, layer_cache, layer_id = scanned
-        keys = L.projection_keys(lora_key, layer_id)
-        h = L.rms_norm(x, p["input_norm"], cfg.rms_norm_eps)
-        attn, layer_cache = attention_block(h, p, cfg, cos_sin, mask, layer_cache, index, keys)
-        x = x + attn
-        h = L.rms_norm(x, p["post_norm"], cfg.rms_norm_eps)
-        x = x + _mlp(h, p, cfg, keys)
-        return constrain(x, ("batch", "seq", "embed")), layer_cache
-
-    layer_caches = None if cache is None else {"k": cache["k"], "v": cache["v"]}
-    x, layer_caches = jax.lax.scan(
-        L.remat(block, remat), x, (params["layers"], layer_caches, jnp.arange(cfg.num_layers))
-    )
-    x = L.rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
-    if cache is not None:
-        T = tokens.shape[1]
-        cache = {**layer_caches, "positions": k_positions, "segments": k_segments, "index": index + T}
-    return x, cache
+    layers = decoder.uniform_layers(decoder.self_attention, L.swiglu_mlp, params, cfg, lora_key=lora_key, remat=remat)
+    return decoder.hidden_states(params, cfg, tokens, positions, segment_ids, cache, layers)
 
 
 unembed = L.unembed

@@ -26,6 +26,7 @@ Checkpoints: `Qwen3_5ForConditionalGeneration` (text under `model.language_model
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 from typing import Any
 
@@ -33,10 +34,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax_distill.models import decoder, hf_io
 from jax_distill.models import gated_deltanet as gdn
 from jax_distill.models import layers as L
 from jax_distill.models.hf_io import CheckpointError, CheckpointReader, HFTensor
-from jax_distill.parallel.sharding import constrain
 from jax_distill.params import ParamSpec
 
 Array = jax.Array
@@ -81,7 +82,7 @@ class Config:
         tie = hf.get("tie_word_embeddings", text.get("tie_word_embeddings", False))
         if text.get("attention_bias"):
             raise CheckpointError("Qwen3.5 with attention_bias=true is not supported")
-        head_dim = text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
+        widths = decoder.widths_from_hf(text)
         rope_params = dict(text.get("rope_parameters") or {})
         partial = text.get("partial_rotary_factor", rope_params.get("partial_rotary_factor", 0.25))
         n = text["num_hidden_layers"]
@@ -90,14 +91,9 @@ class Config:
         if len(types) != n or set(types) - {LINEAR, FULL}:
             raise CheckpointError(f"layer_types must list {n} of {LINEAR!r}/{FULL!r}, got {types}")
         fields = dict(
-            vocab_size=text["vocab_size"],
-            hidden_size=text["hidden_size"],
-            intermediate_size=text["intermediate_size"],
+            **widths,
             layer_types=tuple(types),
-            num_heads=text["num_attention_heads"],
-            num_kv_heads=text.get("num_key_value_heads") or text["num_attention_heads"],
-            head_dim=head_dim,
-            rope=L.Rope.from_hf({**text, "partial_rotary_factor": partial}, head_dim),
+            rope=L.Rope.from_hf({**text, "partial_rotary_factor": partial}, widths["head_dim"]),
             linear_num_key_heads=text["linear_num_key_heads"],
             linear_num_value_heads=text["linear_num_value_heads"],
             linear_key_head_dim=text["linear_key_head_dim"],
@@ -120,31 +116,19 @@ class Config:
         return dict(
             architectures=[CAUSAL_LM],
             model_type="qwen3_5_text",
-            vocab_size=self.vocab_size,
-            hidden_size=self.hidden_size,
-            intermediate_size=self.intermediate_size,
-            num_hidden_layers=self.num_layers,
+            **decoder.hf_fields(self),
             layer_types=list(self.layer_types),
-            num_attention_heads=self.num_heads,
-            num_key_value_heads=self.num_kv_heads,
-            head_dim=self.head_dim,
             linear_num_key_heads=self.linear_num_key_heads,
             linear_num_value_heads=self.linear_num_value_heads,
             linear_key_head_dim=self.linear_key_head_dim,
             linear_value_head_dim=self.linear_value_head_dim,
             linear_conv_kernel_dim=self.linear_conv_kernel_dim,
-            hidden_act="silu",
             attention_bias=False,
-            rms_norm_eps=self.rms_norm_eps,
-            tie_word_embeddings=self.tie_word_embeddings,
-            max_position_embeddings=self.max_position_embeddings,
             rope_parameters={
                 "rope_type": "default",
                 "rope_theta": self.rope.theta,
                 "partial_rotary_factor": self.rope.rotary_dim / self.head_dim,
             },
-            bos_token_id=self.bos_token_id,
-            eos_token_id=self.eos_token_id,
             pad_token_id=self.pad_token_id,
         )
 
@@ -215,15 +199,8 @@ def param_specs(cfg: Config) -> dict:
         "q_norm": ParamSpec((H,), ("norm",), "zeros"),
         "k_norm": ParamSpec((H,), ("norm",), "zeros"),
     }
-    specs = {
-        "embed": ParamSpec((cfg.vocab_size, D), ("vocab", "embed")),
-        "delta_layers": {k: L.stacked(s, len(layer_ids(cfg, LINEAR))) for k, s in delta.items()},
-        "attn_layers": {k: L.stacked(s, len(layer_ids(cfg, FULL))) for k, s in attn.items()},
-        "final_norm": ParamSpec((D,), ("norm",), "zeros"),
-    }
-    if not cfg.tie_word_embeddings:
-        specs["lm_head"] = ParamSpec((D, cfg.vocab_size), ("embed", "vocab"))
-    return specs
+    stacks = {"delta_layers": (delta, len(layer_ids(cfg, LINEAR))), "attn_layers": (attn, len(layer_ids(cfg, FULL)))}
+    return decoder.stack_specs(cfg, stacks, norm_init="zeros")  # zero-centred final norm
 
 
 # ----------------------------------------------------------------------------- layers
@@ -293,16 +270,6 @@ def gated_attention(
 MIXERS = {LINEAR: gated_deltanet, FULL: gated_attention}
 
 
-def decoder_layer(kind: str, x: Array, p: dict, cfg: Config, ctx: dict, layer_cache, keys):
-    """Pre-norm residual block: token mixer of `kind`, then the SwiGLU MLP."""
-    h = L.rms_norm(x, p["input_norm"], cfg.rms_norm_eps, zero_centered=True)
-    mixed, layer_cache = MIXERS[kind](h, p, cfg, ctx, layer_cache, keys)
-    x = x + mixed
-    h = L.rms_norm(x, p["post_norm"], cfg.rms_norm_eps, zero_centered=True)
-    x = x + L.swiglu_mlp(h, p, keys)
-    return constrain(x, ("batch", "seq", "embed")), layer_cache
-
-
 # ----------------------------------------------------------------------------- forward
 
 
@@ -333,31 +300,21 @@ def _take(tree, start: int, n: int):
     return jax.tree.map(lambda a: a[start : start + n], tree)
 
 
-def hidden_states(
-    params: dict,
-    cfg: Config,
-    tokens: Array,
-    positions: Array,
-    segment_ids: Array,
-    cache: dict | None = None,
-    *,
-    lora_key: Array | None = None,
-    remat: str = "none",
-) -> tuple[Array, dict | None]:
+def hidden_states(params, cfg, tokens, positions, segment_ids, cache=None, *, lora_key=None, remat="none"):
     """tokens/positions/segment_ids [B, T] -> final-normed hidden [B, T, D] (and the updated cache)."""
-    B, T = tokens.shape
-    W = cfg.linear_conv_kernel_dim
-    if W < 2:
+    if cfg.linear_conv_kernel_dim < 2:
         raise ValueError("linear_conv_kernel_dim must be at least 2")
-    x = params["embed"].astype(jnp.dtype(cfg.dtype))[tokens]  # [B, T, D]
-    x = constrain(x, ("batch", "seq", "embed"))
-    segment_ids = segment_ids.astype(jnp.int32)
-    ctx = {"segments": segment_ids, "cos_sin": cfg.rope.cos_sin(positions)}
-    index, positions_all, segments_all = L.key_slots(cache, positions, segment_ids)
-    ctx["index"] = index
-    ctx["mask"] = L.attention_mask(positions, segment_ids, positions_all, segments_all)
+    layers = functools.partial(_scheduled_layers, params, cfg, lora_key=lora_key, remat=remat)
+    return decoder.hidden_states(params, cfg, tokens, positions, segment_ids, cache, layers, zero_centered=True)
+
+
+def _scheduled_layers(params, cfg, x, ctx, cache, *, lora_key, remat) -> tuple[Array, dict | None]:
+    """All layers in `schedule` order: a scan over periods, in each an inner scan per run of same-kind
+    layers. Returns the cache entries it updates (k/v, conv/state and the conv history's segments)."""
+    B, T = ctx["segments"].shape
+    W = cfg.linear_conv_kernel_dim
     history_segments = jnp.zeros((B, W - 1), jnp.int32) if cache is None else cache["conv_segments"]
-    ctx["runs"] = gdn.segment_runs(history_segments, segment_ids)  # [B, W-1+T]
+    ctx = {**ctx, "runs": gdn.segment_runs(history_segments, ctx["segments"])}  # [B, W-1+T]
 
     runs, repeats = schedule(cfg)
     per_period = {kind: sum(n for k, n in runs if k == kind) for kind in (LINEAR, FULL)}
@@ -373,13 +330,6 @@ def hidden_states(
         caches = {kind: c for kind, c in caches.items() if per_period[kind]}
     ids = {kind: np.asarray(layer_ids(cfg, kind)).reshape(repeats, -1) for kind in stacked}
 
-    def block(kind):
-        def run(x, scanned):
-            p, layer_cache, layer_id = scanned
-            return decoder_layer(kind, x, p, cfg, ctx, layer_cache, L.projection_keys(lora_key, layer_id))
-
-        return L.remat(run, remat)
-
     def period(x, scanned):
         """One period of the schedule: an inner scan over each run of same-kind layers."""
         p, c, layer_id = scanned
@@ -387,8 +337,11 @@ def hidden_states(
         new_caches = {kind: [] for kind in stacked}
         for kind, n in runs:
             i = start[kind]
-            xs = (_take(p[kind], i, n), None if c is None else _take(c[kind], i, n), layer_id[kind][i : i + n])
-            x, new = jax.lax.scan(block(kind), x, xs)
+            run_caches = None if c is None else _take(c[kind], i, n)
+            x, new = decoder.scan_layers(
+                MIXERS[kind], L.swiglu_mlp, x, cfg, ctx, _take(p[kind], i, n), run_caches, layer_id[kind][i : i + n],
+                lora_key=lora_key, remat=remat, zero_centered=True,
+            )  # fmt: skip
             new_caches[kind].append(new)
             start[kind] += n
         if c is None:
@@ -396,20 +349,12 @@ def hidden_states(
         return x, {kind: jax.tree.map(lambda *a: jnp.concatenate(a), *parts) for kind, parts in new_caches.items()}
 
     x, new_caches = jax.lax.scan(period, x, (stacked, caches, {k: jnp.asarray(v) for k, v in ids.items()}))
-    x = L.rms_norm(x, params["final_norm"], cfg.rms_norm_eps, zero_centered=True)
-    if cache is not None:
-        unfold = lambda tree: jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), tree)  # noqa: E731
-        new_caches = {kind: unfold(c) for kind, c in new_caches.items()}
-        cache = {
-            **cache,
-            **new_caches.get(LINEAR, {}),
-            **new_caches.get(FULL, {}),
-            "conv_segments": jnp.concatenate([history_segments, segment_ids], axis=1)[:, T:],
-            "positions": positions_all,
-            "segments": segments_all,
-            "index": index + T,
-        }
-    return x, cache
+    if cache is None:
+        return x, None
+    unfold = lambda tree: jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), tree)  # noqa: E731
+    new_caches = {kind: unfold(c) for kind, c in new_caches.items()}
+    conv_segments = jnp.concatenate([history_segments, ctx["segments"]], axis=1)[:, T:]
+    return x, {**new_caches.get(LINEAR, {}), **new_caches.get(FULL, {}), "conv_segments": conv_segments}
 
 
 unembed = L.unembed
@@ -472,12 +417,7 @@ def weight_map(cfg: Config) -> dict[tuple[str, ...], HFTensor]:
         | {"q_norm": "self_attn.q_norm.weight", "k_norm": "self_attn.k_norm.weight"},
     }
     specs = param_specs(cfg)
-    out: dict[tuple[str, ...], HFTensor] = {
-        ("embed",): HFTensor(prefix + "embed_tokens.weight"),
-        ("final_norm",): HFTensor(prefix + "norm.weight"),
-    }
-    if "lm_head" in specs:
-        out[("lm_head",)] = HFTensor("lm_head.weight", transpose=True)
+    out = hf_io.stack_tensors(specs, prefix)
     for (group, kind), table in tables.items():
         ids = layer_ids(cfg, kind)
         for name, spec in specs[group].items():
