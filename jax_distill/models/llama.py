@@ -102,21 +102,21 @@ def param_specs(cfg: Config) -> dict:
 
 def weight_map(cfg: Config) -> dict[tuple[str, ...], HFTensor]:
     """Our parameter path -> HF tensor; `{i}` is the layer index of stacked parameters."""
-    prefix = "model.layers.{i}."
-    table = {
-        "input_norm": "input_layernorm.weight",
-        "post_norm": "post_attention_layernorm.weight",
-        "q_norm": "self_attn.q_norm.weight",
-        "k_norm": "self_attn.k_norm.weight",
-        **{f"{p}_proj": f"self_attn.{p}_proj.weight" for p in "qkvo"},
-        **{f"{p}_bias": f"self_attn.{p}_proj.bias" for p in "qkvo"},
-        **{f"{p}_proj": f"mlp.{p}_proj.weight" for p in ("gate", "up", "down")},
-        **{f"{p}_bias": f"mlp.{p}_proj.bias" for p in ("gate", "up", "down")},
+    table = {  # our name -> (HF name, transposed: HF stores a projection [out, in])
+        "input_norm": ("input_layernorm.weight", False),
+        "post_norm": ("post_attention_layernorm.weight", False),
+        "q_norm": ("self_attn.q_norm.weight", False),
+        "k_norm": ("self_attn.k_norm.weight", False),
+        **{f"{p}_proj": (f"self_attn.{p}_proj.weight", True) for p in "qkvo"},
+        **{f"{p}_bias": (f"self_attn.{p}_proj.bias", False) for p in "qkvo"},
+        **{f"{p}_proj": (f"mlp.{p}_proj.weight", True) for p in ("gate", "up", "down")},
+        **{f"{p}_bias": (f"mlp.{p}_proj.bias", False) for p in ("gate", "up", "down")},
     }
     specs = param_specs(cfg)
     out = hf_io.stack_tensors(specs)
-    for name, spec in specs["layers"].items():
-        out[("layers", name)] = HFTensor(prefix + table[name], transpose=len(spec.shape) == 3, layered=True)
+    for name in specs["layers"]:
+        key, transpose = table[name]
+        out[("layers", name)] = HFTensor("model.layers.{i}." + key, transpose, layered=True)
     return out
 
 

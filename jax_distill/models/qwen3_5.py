@@ -402,28 +402,29 @@ def weight_map(cfg: Config) -> dict[tuple[str, ...], HFTensor]:
     """Our parameter path -> HF tensor, for the layout of `cfg.architecture`."""
     prefix = "model.language_model." if cfg.architecture == "Qwen3_5ForConditionalGeneration" else "model."
     layer = prefix + "layers.{i}."
-    common = {
-        "input_norm": "input_layernorm.weight",
-        "post_norm": "post_attention_layernorm.weight",
-        **{f"{p}_proj": f"mlp.{p}_proj.weight" for p in ("gate", "up", "down")},
+    common = {  # our name -> (HF name, transposed: HF stores a projection [out, in])
+        "input_norm": ("input_layernorm.weight", False),
+        "post_norm": ("post_attention_layernorm.weight", False),
+        **{f"{p}_proj": (f"mlp.{p}_proj.weight", True) for p in ("gate", "up", "down")},
     }
+    delta_projections = ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "out_proj")
     tables = {
         ("delta_layers", LINEAR): common
-        | {n: f"linear_attn.{n}.weight" for n in ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "out_proj")}
-        | {"norm": "linear_attn.norm.weight"}
-        | {"dt_bias": "linear_attn.dt_bias", "A_log": "linear_attn.A_log"},
+        | {n: (f"linear_attn.{n}.weight", True) for n in delta_projections}
+        | {n: (f"linear_attn.{n}", False) for n in ("dt_bias", "A_log")}
+        | {"norm": ("linear_attn.norm.weight", False)},
         ("attn_layers", FULL): common
-        | {f"{p}_proj": f"self_attn.{p}_proj.weight" for p in "qkvo"}
-        | {"q_norm": "self_attn.q_norm.weight", "k_norm": "self_attn.k_norm.weight"},
+        | {f"{p}_proj": (f"self_attn.{p}_proj.weight", True) for p in "qkvo"}
+        | {f"{p}_norm": (f"self_attn.{p}_norm.weight", False) for p in "qk"},
     }
     specs = param_specs(cfg)
     out = hf_io.stack_tensors(specs, prefix)
     for (group, kind), table in tables.items():
         ids = layer_ids(cfg, kind)
         for name, spec in specs[group].items():
-            if name == "conv1d":
+            if name == "conv1d":  # HF [C, 1, W], a layout of its own
                 out[(group, name)] = _conv_tensor(layer + "linear_attn.conv1d.weight", ids, *spec.shape[1:])
             else:
-                transpose = len(spec.shape) == 3
-                out[(group, name)] = StackedTensor(layer + table[name], transpose, layered=True, layer_ids=ids)
+                key, transpose = table[name]
+                out[(group, name)] = StackedTensor(layer + key, transpose, layered=True, layer_ids=ids)
     return out
