@@ -175,7 +175,7 @@ def run(config: ConfigDict, hooks: Sequence[Hook] = ()) -> dict:
                                   rules=rules, loss_chunk=t.loss_chunk, skip_nonfinite=t.nonfinite == "skip"),
         state_sh, stu.split(stu.shardings)[1], batch_sh, mesh,
     )
-    writer = _metrics_writer(t, stu, trainable, frozen, steps)
+    writer = _metrics_writer(t, stu, trainable, frozen, steps, int(state.step))
     logged = LogMetrics(writer)
     save = SaveCheckpoint(ckpt, iterator, Clock(state, state_sh.step), steps, c.checkpoint.every, int(state.step))
     finite = CheckFinite(t.nonfinite, t.max_skipped_steps, save)
@@ -267,11 +267,12 @@ def _global_batches(iterator, sharding, t: ConfigDict) -> Iterator[dict]:
         yield {k: jax.make_array_from_process_local_data(sharding, local[k], shape) for k in state_lib.BATCH_KEYS}
 
 
-def _metrics_writer(t: ConfigDict, stu: student_lib.Student, trainable, frozen, steps: int) -> metrics.MetricsWriter:
+def _metrics_writer(t: ConfigDict, stu: student_lib.Student, trainable, frozen, steps: int,
+                    resumed_step: int) -> metrics.MetricsWriter:
     cfg = stu.model.config
     flops = metrics.flops_per_token(lora.count(frozen), lora.count(trainable), cfg.num_layers, cfg.hidden_size,
                                     t.seq_len)
-    return metrics.MetricsWriter(t.run_dir, steps, flops, metrics.peak_flops(t.peak_flops), t.log_every)
+    return metrics.MetricsWriter(t.run_dir, steps, flops, metrics.peak_flops(t.peak_flops), t.log_every, resumed_step)
 
 
 @contextlib.contextmanager

@@ -447,3 +447,46 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_step(traces, refer
     assert sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) == [6, 9, 12]
     assert time.monotonic() - start < 120
     _assert_same_exports(run_dir, ref_dir)
+
+
+def _tensorboard_losses(folder: Path) -> dict[int, float]:
+    """train/loss by step as TensorBoard plots it: a SessionLog START at step s (tensorboardX's
+    purge_step) drops the earlier files' events from step s on."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event, SessionLog
+
+    losses: dict[int, float] = {}
+    for f in sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime_ns):
+        data, pos = f.read_bytes(), 0
+        while pos < len(data):
+            (n,) = struct.unpack("<Q", data[pos : pos + 8])
+            event = Event.FromString(data[pos + 12 : pos + 12 + n])
+            pos += 12 + n + 4
+            if event.session_log.status == SessionLog.START:
+                losses = {s: v for s, v in losses.items() if s < event.step}
+            losses.update({event.step: v.simple_value for v in event.summary.value if v.tag == "train/loss"})
+    return losses
+
+
+def test_kill9_after_a_checkpoint_logs_every_step_once(traces, reference, tmp_path):
+    """Killed at step 8 (checkpoint 6): the resumed run re-runs 7 and 8, and metrics.jsonl and the
+    TensorBoard loss hold steps 1..12 once each, with the uninterrupted run's losses."""
+    ref_dir, _ = reference
+    o = _overrides(traces, tmp_path / "run")
+    proc, log = _launch(o, faults=["pause@7", "kill@8"])
+    flag = _wait_paused(proc, log, o["train.run_dir"])
+    while not (tmp_path / "run" / "checkpoints" / "6").is_dir():  # step 6's async save committed
+        time.sleep(0.05)
+    flag.unlink()
+    rc, out = _finish(proc, log)
+    assert rc == -signal.SIGKILL, out[-3000:]
+    rc, out = _finish(*_launch(o))
+    assert rc == 0 and "resumed from step 6" in out, out[-3000:]
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    want = [json.loads(line) for line in open(ref_dir / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    assert [r["loss"] for r in rows] == [r["loss"] for r in want]
+    tb = _tensorboard_losses(tmp_path / "run" / "tensorboard")
+    assert sorted(tb) == list(range(1, STEPS + 1))
+    np.testing.assert_allclose([tb[s] for s in sorted(tb)], [r["loss"] for r in want], rtol=1e-6)

@@ -8,6 +8,7 @@ gradient) plus attention's 12 * layers * width * seq_len, over the device's peak
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -42,7 +43,8 @@ def flops_per_token(frozen_params: int, trainable_params: int, num_layers: int, 
 
 
 class MetricsWriter:
-    def __init__(self, run_dir: str, total_steps: int, flops_token: float, peak: float | None, log_every: int = 1):
+    def __init__(self, run_dir: str, total_steps: int, flops_token: float, peak: float | None, log_every: int = 1,
+                 resumed_step: int = 0):
         self.total_steps = total_steps
         self.flops_token = flops_token
         self.peak = peak
@@ -52,10 +54,12 @@ class MetricsWriter:
         self.tb = None
         if self.writer:
             Path(run_dir).mkdir(parents=True, exist_ok=True)
-            self.jsonl = open(Path(run_dir) / "metrics.jsonl", "a", buffering=1)
+            path = Path(run_dir) / "metrics.jsonl"
+            cut_rows(path, resumed_step)
+            self.jsonl = open(path, "a", buffering=1)
             from tensorboardX import SummaryWriter
 
-            self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+            self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resumed_step + 1)
         self.start = time.perf_counter()
         self.last = self.start
 
@@ -75,6 +79,7 @@ class MetricsWriter:
         for k, v in row.items():
             if k != "step":
                 self.tb.add_scalar(f"train/{k}", v, step)
+        self.tb.flush()  # on disk with its metrics.jsonl row: a kill -9 loses neither
         if step % self.log_every == 0 or step == self.total_steps:
             elapsed = now - self.start
             eta = elapsed / max(step, 1) * (self.total_steps - step)
@@ -91,3 +96,19 @@ class MetricsWriter:
         if self.writer:
             self.jsonl.close()
             self.tb.close()
+
+
+def cut_rows(path: Path, last_step: int) -> None:
+    """Keep the rows of steps <= last_step (a line cut off by a kill is dropped with them); atomic."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            if json.loads(line)["step"] <= last_step:
+                kept.append(line)
+        except ValueError:  # the half-written line of a killed run: always after the restored step
+            continue
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
