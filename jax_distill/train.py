@@ -27,6 +27,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from jax_distill import data as data_lib
+from jax_distill import storage
 from jax_distill.parallel import distributed
 from jax_distill.parallel.sharding import ShardingRules, make_mesh
 from jax_distill.training import checkpoint, export, lora, metrics, optim
@@ -150,6 +151,7 @@ def run(config: ConfigDict, hooks: Sequence[Hook] = ()) -> dict:
     """Train (or resume) one student; `hooks` run after the built-in ones (metrics, checkpoint). Returns the
     summary also written to <run_dir>/train_summary.json, or {"status": "preempted"} after SIGTERM."""
     config_lib.validate(config)
+    _probe_storage(config)
     distributed.initialize()
     c, t = config, config.train
     mesh = make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
@@ -213,6 +215,13 @@ def total_steps(config: ConfigDict, tokenizer, local_batch: int) -> int:
 
         n = int(np.min(multihost_utils.process_allgather(np.asarray(n))))
     return n * max(config.data.num_epochs, 1)
+
+
+def _probe_storage(c: ConfigDict) -> None:
+    """Every gs:// path the run reads or writes answers, or StorageUnreachable names it within
+    JAX_DISTILL_STORAGE_TIMEOUT_S (a later failure to restore a checkpoint is then damage, not an outage)."""
+    for path in (*c.data.path, c.model.path, c.train.tokenizer, c.checkpoint.dir, c.export.dir):
+        storage.probe(path)
 
 
 def _tokenizer(folder: str):
@@ -366,7 +375,7 @@ def main(config: ConfigDict, hooks: Sequence[Hook] = ()) -> None:
         absl_logging.set_verbosity(absl_logging.WARNING)
     try:
         summary = run(config, hooks)
-    except NonFinite as e:
+    except (NonFinite, storage.StorageUnreachable) as e:
         print(f"FATAL {e}", file=sys.stderr)
         sys.exit(1)
     if summary.get("status") == "preempted":

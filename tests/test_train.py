@@ -490,3 +490,19 @@ def test_kill9_after_a_checkpoint_logs_every_step_once(traces, reference, tmp_pa
     tb = _tensorboard_losses(tmp_path / "run" / "tensorboard")
     assert sorted(tb) == list(range(1, STEPS + 1))
     np.testing.assert_allclose([tb[s] for s in sorted(tb)], [r["loss"] for r in want], rtol=1e-6)
+
+
+def test_unreachable_gcs_checkpoint_dir_fails_within_the_probe_timeout(traces, tmp_path):
+    with __import__("socket").socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends
+    o = _overrides(traces, tmp_path / "run", "gs://bucket-x/runs/ckpt")
+    env = dict(os.environ, STORAGE_EMULATOR_HOST=f"http://127.0.0.1:{port}", JAX_DISTILL_STORAGE_TIMEOUT_S="3",
+               FSSPEC_GCS_TOKEN="anon", GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false")
+    start = time.monotonic()
+    proc = subprocess.run(_command(o), cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert time.monotonic() - start < 60  # interpreter and imports included; the probe itself gives up at 3 s
+    fatal = [line for line in proc.stderr.splitlines() if line.startswith("FATAL")]
+    assert len(fatal) == 1 and fatal[0].startswith("FATAL gs://bucket-x/runs/ckpt: storage unreachable"), proc.stderr
+    assert f"127.0.0.1:{port}" in fatal[0] and "JAX_DISTILL_STORAGE_TIMEOUT_S" in fatal[0]
