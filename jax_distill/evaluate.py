@@ -151,6 +151,8 @@ def evaluate_multiple_choice(model, tokenizer, mc_cfg: ConfigDict, rules=None) -
     for task in mc_cfg.tasks:
         source, records = task_records(mc_cfg, task)
         docs, report = load_task(task, records, mc_cfg.limit, mc_cfg.strict, source)
+        if not docs:
+            raise ValueError(f"{source}: no {task} documents (skipped: {report['skipped'] or 'none'})")
         start = time.time()
         requests = [r for d in docs for r in d.requests]
         scores = loglikelihood(model, tokenizer, requests, mc_cfg.batch_size, mc_cfg.max_length, rules)
@@ -259,6 +261,8 @@ def run(config: ConfigDict) -> dict:
         from jax_distill.problems import load_problems_with_report
 
         _, problems, problem_report = load_problems_with_report(config.problems)
+        checks.need(bool(problems), "problems", f"sources {', '.join(config.problems.sources)} give no eval problems "
+                    f"(eval_fraction {config.problems.eval_fraction}, eval_limit {config.problems.eval_limit})")
         engine = JaxEngine(
             model,
             tokenizer,
