@@ -11,6 +11,7 @@ bit. `run(config, hooks)` is the same in-process.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import logging
@@ -30,7 +31,7 @@ from jax_distill import data as data_lib
 from jax_distill import storage
 from jax_distill.parallel import distributed
 from jax_distill.parallel.sharding import ShardingRules, make_mesh
-from jax_distill.training import checkpoint, export, lora, metrics, optim
+from jax_distill.training import builtin, checkpoint, export, lora, metrics, optim
 from jax_distill.training import config as config_lib
 from jax_distill.training import state as state_lib
 from jax_distill.training import student as student_lib
@@ -149,11 +150,16 @@ def train_loop(step_fn: Callable, state: TrainState, frozen, batches: Iterator[d
 
 def run(config: ConfigDict, hooks: Sequence[Hook] = ()) -> dict:
     """Train (or resume) one student; `hooks` run after the built-in ones (metrics, checkpoint). Returns the
-    summary also written to <run_dir>/train_summary.json, or {"status": "preempted"} after SIGTERM."""
+    summary also written to <run_dir>/train_summary.json (beside train_config.json, the config it ran),
+    or {"status": "preempted"} after SIGTERM."""
     config_lib.validate(config)
-    _probe_storage(config)
+    c = _derived(config)
+    t = c.train
+    _probe_storage(c)
+    if builtin.wanted(c):
+        builtin.prepare(c)
+    _write_config(c)
     distributed.initialize()
-    c, t = config, config.train
     mesh = make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
     rules = ShardingRules(mesh)
     stu = student_lib.load(c.model, c.method, c.lora, rules, t.seed)
@@ -215,6 +221,25 @@ def total_steps(config: ConfigDict, tokenizer, local_batch: int) -> int:
 
         n = int(np.min(multihost_utils.process_allgather(np.asarray(n))))
     return n * max(config.data.num_epochs, 1)
+
+
+def _derived(config: ConfigDict) -> ConfigDict:
+    """A copy of `config` with the run directory filled in (runs/train/<meta.name> when unset)."""
+    c = copy.deepcopy(config)
+    if not c.train.run_dir:
+        c.train.run_dir = config_lib.run_dir(c)
+        print(f"train.run_dir: {c.train.run_dir} (from meta.name)", file=sys.stderr, flush=True)
+    return c
+
+
+def _write_config(c: ConfigDict) -> None:
+    """<run_dir>/train_config.json: the whole config this run trains with (configs/from_json.py reruns it)."""
+    if jax.process_index() == 0:
+        os.makedirs(c.train.run_dir, exist_ok=True)
+        path = os.path.join(c.train.run_dir, "train_config.json")
+        with open(path + ".tmp", "w") as f:
+            f.write(c.to_json_best_effort(indent=2))
+        os.replace(path + ".tmp", path)
 
 
 def _probe_storage(c: ConfigDict) -> None:

@@ -30,6 +30,7 @@ from jax_distill.training import student as student_lib
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "train" / "tiny.py")
 STEPS, EVERY = 12, 3
+SEQ_LEN = 64  # shorter rows than tiny.py's (fit for its built-in traces): faster tests
 # Subprocess runs reuse the reference run's compiled programs (same HLO, same executable): fast, and
 # results are unaffected.
 CACHE_ENV = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
@@ -56,7 +57,8 @@ def traces(tmp_path_factory):
 
 def _overrides(traces, run_dir, ckpt_dir=None, **extra):
     o = {"data.path": str(traces), "train.tokenizer": str(tokenizer_dir()), "train.run_dir": str(run_dir),
-         "train.steps": STEPS, "checkpoint.every": EVERY, "meta.teacher": "qwen3.5-397b", "meta.variant": "raw"}
+         "train.steps": STEPS, "train.seq_len": SEQ_LEN, "checkpoint.every": EVERY, "meta.teacher": "qwen3.5-397b",
+         "meta.variant": "raw"}
     if ckpt_dir:
         o["checkpoint.dir"] = str(ckpt_dir)
     o.update(extra)
@@ -119,6 +121,7 @@ def reference(traces, tmp_path_factory):
 def test_run_summary_and_outputs(reference):
     run_dir, summary = reference
     assert json.loads((run_dir / "train_summary.json").read_text()) == summary
+    assert json.loads((run_dir / "train_config.json").read_text())["train"]["run_dir"] == str(run_dir)
     rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     for key in ("loss", "lr", "grad_norm", "tokens_per_s", "packing", "tokens", "loss_tokens"):
@@ -145,7 +148,7 @@ def test_run_summary_and_outputs(reference):
 
 def _batches(traces, n):
     tok = __import__("transformers").AutoTokenizer.from_pretrained(tokenizer_dir())
-    cfg = load_config(TINY, {"data.path": str(traces), "train.run_dir": "x", "train.tokenizer": "x"})
+    cfg = load_config(TINY, {"data.path": str(traces), "train.run_dir": "x", "train.tokenizer": "x", "train.seq_len": SEQ_LEN})
     ds, _ = data_lib.make_dataset(cfg.data, tok, seq_len=cfg.train.seq_len, batch_size=cfg.train.batch_size, seed=0)
     it = iter(ds)
     return cfg, [next(it) for _ in range(n)]
@@ -506,3 +509,20 @@ def test_unreachable_gcs_checkpoint_dir_fails_within_the_probe_timeout(traces, t
     fatal = [line for line in proc.stderr.splitlines() if line.startswith("FATAL")]
     assert len(fatal) == 1 and fatal[0].startswith("FATAL gs://bucket-x/runs/ckpt: storage unreachable"), proc.stderr
     assert f"127.0.0.1:{port}" in fatal[0] and "JAX_DISTILL_STORAGE_TIMEOUT_S" in fatal[0]
+
+
+def test_tiny_config_trains_on_its_own(tmp_path):
+    """The design card's command and nothing else: built-in traces and tokenizer, the run directory from
+    the config's name (relative to the working directory), the summary and the config beside it."""
+    proc = subprocess.run([sys.executable, "-m", "jax_distill.train", "--config", TINY], cwd=tmp_path,
+                          env=dict(os.environ, **CACHE_ENV), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "train.run_dir: runs/train/tiny (from meta.name)" in proc.stderr
+    run_dir = tmp_path / "runs" / "train" / "tiny"
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    assert summary["status"] == "complete" and summary["steps"] == 30 and summary["final_loss"] is not None
+    assert summary["data"]["used"] > 0 and summary["data"]["skipped_total"] == 0  # every built-in trace fits
+    config = json.loads((run_dir / "train_config.json").read_text())
+    assert config["train"]["run_dir"] == "runs/train/tiny" and config["data"]["path"] == ["runs/train/tiny/builtin/traces"]
+    assert config["train"]["tokenizer"] == "runs/train/tiny/builtin/tokenizer"
+    assert (run_dir / "export" / "hf" / "model.safetensors").exists()

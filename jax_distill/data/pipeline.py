@@ -51,6 +51,8 @@ def data_config() -> ConfigDict:
     """Data fields of a training config (`config.data`), with defaults."""
     c = ConfigDict()
     c.path = ()  # trace files: paths, globs or directories (a tuple; "a,b" on the command line); gs:// allowed
+    # with path empty: train on procedural traces of this many problems made at start (training/builtin.py); 0 = off
+    c.builtin_problems = 0
     c.format = "auto"  # auto (by suffix: .jsonl/.json/.ndjson, .parquet/.pq) | jsonl | parquet
     c.fields = ConfigDict(  # record field names (dotted for nested: "meta.question")
         dict(question="question", trace="trace", answer="answer", id="id", variant="variant")
@@ -79,7 +81,10 @@ def validate(cfg: ConfigDict) -> None:
     training validate calls it, and so does every dataset built here."""
     c = {"data": cfg}  # errors name the field as it sits in the training config
     checks.is_type(c, "data.path", tuple)
-    checks.need(bool(cfg.path), "data.path", "must name the trace files (paths, globs or directories)")
+    checks.is_type(c, "data.builtin_problems", int)
+    checks.at_least(c, "data.builtin_problems", 0)
+    checks.need(bool(cfg.path) or cfg.builtin_problems > 0, "data.path",
+                "must name the trace files (paths, globs or directories), or set data.builtin_problems")
     for part in cfg.path:
         checks.need(isinstance(part, str) and bool(part.strip()), "data.path", f"entries must be paths; got {part!r}")
         checks.need(part.startswith("gs://") or bool(local_matches(part)), "data.path", f"nothing matches {part!r}")

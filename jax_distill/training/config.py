@@ -7,6 +7,7 @@ configs/train/ start from `default_config()`; `validate` names the first bad fie
 
 from __future__ import annotations
 
+import os
 import re
 
 from ml_collections import ConfigDict
@@ -77,7 +78,7 @@ def default_config() -> ConfigDict:
     c.optim.min_8bit_size = 4096  # adamw_8bit keeps smaller tensors' moments in fp32
 
     c.train = ConfigDict()
-    c.train.run_dir = ""  # local: metrics.jsonl, tensorboard/, train_summary.json, export/
+    c.train.run_dir = ""  # local: metrics.jsonl, tensorboard/, train_*.json, export/; "" = runs/train/<meta.name>
     c.train.tokenizer = ""  # tokenizer folder; "" = model.path
     c.train.seq_len = 16384  # tokens per packed row
     c.train.batch_size = 64  # global sequences per optimizer step (split over hosts and devices)
@@ -149,8 +150,10 @@ def validate(c: ConfigDict) -> None:
 
     t = c.train
     checks.is_type(c, "train.run_dir", str)
-    checks.need(bool(t.run_dir), "train.run_dir", "must be set (metrics, summary and exports go there)")
-    checks.need(bool(c.model.path) or bool(t.tokenizer), "train.tokenizer", "needed when model.path is empty")
+    checks.need(bool(t.run_dir or c.meta.name), "train.run_dir",
+                "must be set, or meta.name (metrics, summary and exports go there; default runs/train/<meta.name>)")
+    checks.need(bool(c.model.path or t.tokenizer or (not c.data.path and c.data.builtin_problems)), "train.tokenizer",
+                "needed when model.path is empty (and the data is not the built-in one, which brings its own)")
     checks.exists(c, "train.tokenizer", what="tokenizer folder", allow_empty=True)
     _count(c, "train.seq_len", 2)
     _count(c, "train.batch_size", 1)
@@ -182,6 +185,11 @@ def validate(c: ConfigDict) -> None:
     checks.one_of(c, "export.dtype", DTYPES)
 
     validate_data(c.data)
+
+
+def run_dir(c: ConfigDict) -> str:
+    """train.run_dir, or runs/train/<meta.name> (relative to the working directory) when it is empty."""
+    return c.train.run_dir or os.path.join("runs", "train", c.meta.name)
 
 
 def _count(c: ConfigDict, field: str, low: int) -> None:
