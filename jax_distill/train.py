@@ -334,9 +334,10 @@ def _export(c: ConfigDict, stu: student_lib.Student, params, tok_dir: str) -> di
     if not (c.export.hf or (stu.lora and c.export.peft)):
         return {}
     model = dataclasses.replace(stu.model, params=params)
-    paths = export.export(model, c.export.dir or os.path.join(c.train.run_dir, "export"), tokenizer_from=tok_dir,
-                          dtype=jnp.dtype(c.export.dtype), lora_cfg=stu.lora if c.export.peft else None,
-                          base_model=c.model.path)
+    paths = export.export(model, _absolute(c.export.dir or os.path.join(c.train.run_dir, "export")),
+                          tokenizer_from=tok_dir, dtype=jnp.dtype(c.export.dtype),
+                          lora_cfg=stu.lora if c.export.peft else None,
+                          base_model=_absolute(c.model.path) if c.model.path else "")
     if not c.export.hf:
         paths.pop("hf", None)
     return paths

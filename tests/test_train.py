@@ -526,3 +526,24 @@ def test_tiny_config_trains_on_its_own(tmp_path):
     assert config["train"]["run_dir"] == "runs/train/tiny" and config["data"]["path"] == ["runs/train/tiny/builtin/traces"]
     assert config["train"]["tokenizer"] == "runs/train/tiny/builtin/tokenizer"
     assert (run_dir / "export" / "hf" / "model.safetensors").exists()
+
+
+def test_peft_export_loads_with_peft_on_the_base_it_names(reference):
+    """The random-init student's base is exported beside the adapter and named by absolute path:
+    peft.AutoPeftModelForCausalLM loads the PEFT folder alone, with the merged export's logits."""
+    import peft
+    import torch
+    import transformers
+
+    run_dir, summary = reference
+    adapter = json.loads((Path(summary["export_peft"]) / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(run_dir / "export" / "base")
+    with_adapter = peft.AutoPeftModelForCausalLM.from_pretrained(summary["export_peft"]).eval()
+    merged = transformers.AutoModelForCausalLM.from_pretrained(summary["export_hf"]).eval()
+    tokens = torch.tensor(np.random.default_rng(0).integers(0, 512, size=(2, 19)))
+    with torch.no_grad():
+        got, want = with_adapter(tokens).logits.numpy(), merged(tokens).logits.numpy()
+    base = transformers.AutoModelForCausalLM.from_pretrained(adapter["base_model_name_or_path"]).eval()
+    with torch.no_grad():
+        assert not np.allclose(base(tokens).logits.numpy(), want, rtol=1e-4, atol=1e-5)  # the adapter matters
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
