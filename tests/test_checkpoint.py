@@ -98,3 +98,51 @@ def gcs(tmp_path_factory):
 
 def test_gcs_roundtrip(gcs):
     _roundtrip(f"gs://{gcs.bucket}/ckpt-roundtrip")
+
+
+def _save_three(directory):
+    ckpt = checkpoint.Checkpointer(directory, every=1, keep=3)
+    it = _iterator()
+    for step in (1, 2, 3):
+        next(it)
+        ckpt.save(step, _state(step), it)
+    ckpt.close()
+
+
+def _newest_intact(directory):
+    ckpt = checkpoint.Checkpointer(directory, every=1, keep=3)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), _state(0))
+    found = ckpt.restore_newest(abstract, _iterator())
+    steps = ckpt.manager.all_steps()
+    ckpt.close()
+    return found, steps
+
+
+def test_gcs_damaged_step_is_set_aside(gcs):
+    """On gs:// too: a step whose state objects are gone is renamed <step>.damaged and the previous
+    step restores."""
+    import gcsfs
+
+    directory = f"gs://{gcs.bucket}/ckpt-damaged"
+    _save_three(directory)
+    fs = gcsfs.GCSFileSystem()
+    fs.rm(f"{gcs.bucket}/ckpt-damaged/3/state", recursive=True)
+    (step, state), steps = _newest_intact(directory)
+    assert step == 2 and steps == [1, 2] and int(state["step"]) == 2
+    fs.invalidate_cache()
+    assert fs.exists(f"{gcs.bucket}/ckpt-damaged/3.damaged/data")
+
+
+def test_other_config_is_not_damage(tmp_path):
+    """A checkpoint holding other arrays (e.g. another lora.rank in the same dir) fails as a config
+    error and is left as it is."""
+    _save_three(str(tmp_path / "ckpt"))
+    ckpt = checkpoint.Checkpointer(str(tmp_path / "ckpt"), every=1, keep=3)
+    like = _state(0)
+    like["params"]["w"].lora.a = jnp.zeros((8, 5))
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), like)
+    with pytest.raises(ValueError, match=r"checkpoint step 3 in .* holds other arrays than this config trains "
+                                         r"\(params\.w\.lora\.a\)"):
+        ckpt.restore_newest(abstract, _iterator())
+    ckpt.close()
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["1", "2", "3"]

@@ -127,8 +127,8 @@ class Checkpointer:
             raise Damaged(step, str(folder / "state"), "missing")
         _check_same_tree(step, self.directory, {k: (v.shape, v.dtype) for k, v in saved.items()}, target)
         state = self._restore_item(step, "state", ocp.args.StandardRestore(target))
-        if not bool(all_finite(state)):
-            bad = sorted(k for k, x in state.items() if not bool(all_finite(x)))
+        bad = sorted(k for k, x in state.items() if not bool(all_finite(x)))  # arrays may sit on different devices
+        if bad:
             raise Damaged(step, str(folder / "state"), f"non-finite values in {', '.join(bad)}")
         self._restore_item(step, "data", grain.checkpoint.CheckpointRestore(IteratorSnapshot(iterator)))
         return unflatten(state, abstract_state)
