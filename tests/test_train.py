@@ -1,5 +1,7 @@
 """`python -m jax_distill.train`: mesh equivalence, the run summary, and exact resume after SIGTERM,
-kill -9 (local and gs:// on fake-gcs-server) and a storage outage during the run; config typos."""
+kill -9 (local and gs:// on fake-gcs-server), a storage outage during the run and a damaged newest
+checkpoint; metrics logged once per step across resumes; non-finite steps (stop, skip); unreachable
+storage; the tiny config on its own; the PEFT export through peft; config typos."""
 
 import json
 import os

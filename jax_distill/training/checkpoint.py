@@ -118,19 +118,17 @@ class Checkpointer:
         read and finite; the iterator is moved to the saved position. Damaged if any of that fails;
         ValueError if the step holds a different tree (another config wrote it: not damage)."""
         target = flatten(abstract_state)
-        folder = epath.Path(self.directory) / str(step)
-        try:
-            saved = self.manager.item_metadata(step)["state"]
-        except Exception as e:  # noqa: BLE001 - any failure to read it is damage
-            raise Damaged(step, _damaged_file(folder / "state", e), _brief(e)) from e
+        state_dir = epath.Path(self.directory) / str(step) / "state"
+        saved = self._read(step, "state", lambda: self.manager.item_metadata(step)["state"])
         if saved is None:
-            raise Damaged(step, str(folder / "state"), "missing")
+            raise Damaged(step, f"{state_dir} (missing)", "no state item")
         _check_same_tree(step, self.directory, {k: (v.shape, v.dtype) for k, v in saved.items()}, target)
-        state = self._restore_item(step, "state", ocp.args.StandardRestore(target))
+        state = self._read(step, "state", lambda: self._restore_item(step, "state", ocp.args.StandardRestore(target)))
         bad = sorted(k for k, x in state.items() if not bool(all_finite(x)))  # arrays may sit on different devices
         if bad:
-            raise Damaged(step, str(folder / "state"), f"non-finite values in {', '.join(bad)}")
-        self._restore_item(step, "data", grain.checkpoint.CheckpointRestore(IteratorSnapshot(iterator)))
+            raise Damaged(step, str(state_dir), f"non-finite values in {', '.join(bad)}")
+        data = grain.checkpoint.CheckpointRestore(IteratorSnapshot(iterator))
+        self._read(step, "data", lambda: self._restore_item(step, "data", data))
         return unflatten(state, abstract_state)
 
     def restore_newest(self, abstract_state: Any, iterator) -> tuple[int, Any] | None:
@@ -156,9 +154,13 @@ class Checkpointer:
         return str(aside)
 
     def _restore_item(self, step: int, item: str, args) -> Any:
+        return self.manager.restore(step, args=ocp.args.Composite(**{item: args}))[item]
+
+    def _read(self, step: int, item: str, fn) -> Any:
+        """fn() reading `item` of `step`; any failure is Damaged naming the file (storage answered: probed)."""
         try:
-            return self.manager.restore(step, args=ocp.args.Composite(**{item: args}))[item]
-        except Exception as e:  # noqa: BLE001 - storage answered (probed), so any failure is damage
+            return fn()
+        except Exception as e:  # noqa: BLE001 - whatever orbax, tensorstore or grain raise
             raise Damaged(step, _damaged_file(epath.Path(self.directory) / str(step) / item, e), _brief(e)) from e
 
     def wait(self) -> None:
