@@ -2,7 +2,8 @@
 
 Each record becomes an MCDoc: one (context, continuation) request per choice, scored by
 jax_distill.scoring.loglikelihood; acc = argmax of summed log-probability, acc_norm = argmax of
-log-probability / continuation length in UTF-8 bytes. Prompts are the harness's. Files are the Hugging
+log-probability / length in characters of the choice (the continuation without its leading " ", the
+harness's target delimiter), as the harness's acc_norm. Prompts are the harness's. Files are the Hugging
 Face datasets the harness loads, in any layout jax_distill.records reads (.jsonl, .json list, .parquet):
   hellaswag   Rowan/hellaswag validation: activity_label, ctx_a, ctx_b, endings[4], label ("0".."3")
   winogrande  winogrande (winogrande_xl) validation: sentence (one "_"), option1, option2, answer ("1"|"2");
@@ -243,13 +244,15 @@ def _doc(to_doc: Callable[[dict], MCDoc | None], where: str, record) -> MCDoc | 
 
 
 def score_docs(docs: list[MCDoc], scores: list[float]) -> dict:
-    """acc and acc_norm (log-prob / continuation bytes) from one score per request, in doc order."""
+    """acc and acc_norm from one score per request, in doc order. acc_norm divides by the choice's length
+    in characters without the target delimiter " ", as lm-evaluation-harness (`len(choice)`; by bytes of
+    " " + choice, BoolQ's " no" / " yes" would pick differently)."""
     acc = norm = 0
     k = 0
     for d in docs:
         s = np.asarray(scores[k : k + len(d.requests)])
         k += len(d.requests)
-        lengths = np.asarray([len(cont.encode("utf-8")) for _, cont in d.requests], np.float64)
+        lengths = np.asarray([len(cont.removeprefix(" ")) for _, cont in d.requests], np.float64)
         acc += int(np.argmax(s) == d.gold)
         norm += int(np.argmax(s / lengths) == d.gold)
     n = len(docs)
