@@ -220,11 +220,15 @@ def test_task_formats_match_the_harness(tmp_path):
         eval_tasks.load_task("mmlu_humanities", iter_records(tmp_path / "mmlu.jsonl"), strict=True)
 
 
-def test_acc_and_byte_normalised_acc():
+def test_acc_and_length_normalised_acc():
+    """acc_norm divides by the choice's characters without the leading space, as the harness does."""
     docs = [eval_tasks.MCDoc([("q", " a"), ("q", " bbbbbbbb")], gold=1), eval_tasks.MCDoc([("q", " x"), ("q", " yy")], gold=0)]
-    # doc 1: raw prefers choice 0 (-2 > -3); per byte choice 1 (-3/9 > -2/2). doc 2: both prefer 0.
+    # doc 1: raw prefers choice 0 (-2 > -3); normalised choice 1 (-3/8 > -2/1). doc 2: both prefer 0.
     got = eval_tasks.score_docs(docs, [-2.0, -3.0, -1.0, -5.0])
     assert got == {"acc": 0.5, "acc_norm": 1.0, "n": 2}
+    # BoolQ's " no" / " yes": -2.828/2 < -3.801/3 picks "yes" (dividing by bytes with the space picked "no")
+    boolq = eval_tasks.score_docs([eval_tasks.MCDoc([("q", " no"), ("q", " yes")], gold=1)], [-2.828, -3.801])
+    assert boolq == {"acc": 0.0, "acc_norm": 1.0, "n": 1}
 
 
 class FixedEngine:
@@ -348,9 +352,9 @@ def test_evaluate_stage_end_to_end(llama, tokenizer, reference, tmp_path):
     for task, file in (("hellaswag", "hellaswag"), ("winogrande", "winogrande"), ("mmlu_humanities", "mmlu")):
         (doc,), _ = eval_tasks.load_task(task, iter_records(tmp_path / f"{file}.jsonl"))
         logp = [reference_logprob(reference, *scoring.harness_split(tokenizer, c, t))[0] for c, t in doc.requests]
-        per_byte = [lp / len(t.encode("utf-8")) for lp, (_, t) in zip(logp, doc.requests)]
+        per_char = [lp / len(t.removeprefix(" ")) for lp, (_, t) in zip(logp, doc.requests)]
         assert mc[task]["acc"] == float(np.argmax(logp) == doc.gold), task
-        assert mc[task]["acc_norm"] == float(np.argmax(per_byte) == doc.gold), task
+        assert mc[task]["acc_norm"] == float(np.argmax(per_char) == doc.gold), task
 
 
 def test_validate_names_the_field(tmp_path):
