@@ -20,6 +20,7 @@ from jax_distill.engines import Completion, SamplingParams
 from jax_distill.engines.procedural import ProceduralTeacher
 from jax_distill.engines.reasoning import make_completion, split_reasoning
 from jax_distill.problems import extract_answer, synthetic
+from jax_distill.records import BadRecord
 from jax_distill.traces import compress, generate, store, truncate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,9 +141,12 @@ def test_generate_kill_and_resume(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=240)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-3000:]
     assert not (out / "summary.json").exists()
-    assert len(glob.glob(str(out / "*.done.json"))) == 5 and len(glob.glob(str(out / "*.jsonl"))) == 2 * 6
-    finished_before = {p: Path(p).read_bytes() for p in glob.glob(str(out / "*.jsonl"))
-                       if Path(p.replace(".errors.jsonl", ".jsonl").replace(".jsonl", ".done.json")).exists()}
+    assert len(glob.glob(str(out / "*.done.json"))) == 5
+    assert len(glob.glob(str(out / "*.jsonl"))) == len(glob.glob(str(out / "errors/*.jsonl"))) == 6
+    files = glob.glob(str(out / "*.jsonl")) + glob.glob(str(out / "errors/*.jsonl"))
+    finished_before = {p: Path(p).read_bytes() for p in files
+                       if (out / Path(p).name.replace(".jsonl", ".done.json")).exists()}
+    assert len(finished_before) == 2 * 5
     done_before, _ = store.finished(str(out))
     assert len(done_before) == 5
 
@@ -151,7 +155,7 @@ def test_generate_kill_and_resume(tmp_path):
     assert resumed["skipped_finished"] == len(done_before) and balanced(resumed["total"])
     for path, data in finished_before.items():  # finished chunks untouched
         assert Path(path).read_bytes() == data
-    assert not glob.glob(str(out / "*.tmp*"))
+    assert not glob.glob(str(out / "*.tmp*")) and not glob.glob(str(out / "errors/*.tmp*"))
     reference = generate.run(gen_cfg(ref, **overrides))
     got = [strip_time(r) for r in store.read_records(str(out))]
     want = [strip_time(r) for r in store.read_records(str(ref))]
@@ -291,7 +295,8 @@ def test_record_reader_names_file_and_line(tmp_path):
                              variant="raw", meta={})
     bad = dict(good, id="p/s1", trace=5)
     store.write_chunk(str(d), "x", 0, [good, bad], [], {"ids": ["p"], "counts": {}})
-    with pytest.raises(ValueError, match=r"x-00000.jsonl:2: record 'p/s1' field 'trace' must be str"):
+    with pytest.raises(BadRecord, match=r"x-00000.jsonl:2: wrong_type \(trace\): record 'p/s1' field 'trace' "
+                                        r"must be str"):
         list(store.read_records(str(d)))
 
 

@@ -1,7 +1,9 @@
 """Trace records and their sharded, resumable storage.
 
-Record: one JSON object per line (UTF-8), one per kept trace; every variant has the same fields, so
-training reads any of them:
+Record: one JSON object per line (UTF-8), one per kept trace. Every variant has the same ten fields,
+all strings, so training reads any of them and the usual tools load any mix of stage folders as one
+table (`datasets.load_dataset("json", data_files=[f"{d}/*.jsonl" for d in dirs])`,
+`pandas.read_json(file, lines=True)`):
   id          unique record id. Raw samples: "{problem_id}/s{k}" (k = sample index among the K drawn);
               derived variants append "/{variant}" to their source's id ("arith-0-000003/s1/compressed").
   problem_id  id of the Problem it answers
@@ -13,25 +15,35 @@ training reads any of them:
               or "... \\boxed{42}"; never empty
   trace       the reasoning WITHOUT <think> tags ("" for answer_only)
   variant     raw | compressed | truncated | answer_only
-  meta        provenance and counts, by stage:
+  meta        provenance and counts as the JSON text of an object (`json.loads(row["meta"])`); the
+              readers here (read_records, index_records, read_at) hand it back decoded, as a dict:
               all: stage, time (unix), trace_chars, answer_chars, student_tokens (trace, when a student
                    tokenizer is configured)
               raw: engine, model, sampling (SamplingParams dict), seed (per request), prompt_hash
                    (sha256 of the chat messages), prompt_tokens, completion_tokens, finish_reason,
                    extracted (answer found), correct (True/False/None = unverified)
               compressed: source_id, compressor, rho_chars (= chars(compressed) / chars(raw)),
-                   raw_chars, raw_student_tokens, rho_tokens (student tokens ratio), attempts,
-                   fallback ("raw" when validation failed under policy keep_raw) and failure (reason)
-              truncated: source_id, compressed_id, budget_tokens (the compressed twin's student tokens),
-                   raw_student_tokens
+                   raw_chars, raw_student_tokens, rho_tokens (student tokens ratio), attempts, teacher
+                   ({engine, model} of the raw record), fallback ("raw" when validation failed under
+                   policy keep_raw) and failure (reason)
+              truncated: source_id, compressed_id, compressor, budget_tokens (the compressed twin's
+                   student tokens), raw_student_tokens
               answer_only: source_id
+Why meta is JSON text and not an object: Arrow (under `datasets`) gives each file's columns the type
+of the values it holds, and a field that is null in a whole file (student_tokens without a tokenizer,
+rho_* in a raw file, budget_tokens in an answer_only chunk) becomes type null there, which the next
+file's numbers cannot be cast to: loading fails or not by the order of the files, whatever fixed set
+of keys the object had. Text has one type whatever it holds, and the stages read meta through the
+readers here, so no reader decodes it itself.
 Chat format for training: user = question; assistant = "<think>\\n" + trace + "\\n</think>\\n\\n" + answer.
 
-A stage's output directory:
+A stage's output directory (only record files end in .jsonl at its top level):
   {prefix}-{part:05d}.jsonl          records of one finished chunk of work
-  {prefix}-{part:05d}.errors.jsonl   failures of that chunk, one per line: {"id", "stage", "reason", "detail"}
+  errors/{prefix}-{part:05d}.jsonl   failures of that chunk, one per line: {"id", "stage", "reason",
+                                     "detail", ...}; a skipped input row also has "where" (file:line)
+                                     and "field"
   {prefix}-{part:05d}.done.json      written LAST: the work item ids the chunk covered, its counts, and the
-                                     line and byte counts of its two files
+                                     line and byte counts of its two files (keyed by path in the directory)
   {prefix}.lock                      while a run writes this prefix: its host and pid (traces/lock.py)
   summary.json                       the stage's summary (counts, rates, tables)
 Every file is written to a temporary name and renamed into place, so a killed run leaves no half
@@ -39,6 +51,12 @@ files; a chunk without its done file is deleted and redone on the next run, and 
 files no longer match the counts its done file holds (a lost or cut file: warned, never trusted).
 `prefix` names the stage and the work split ("generate-shard000of004"), so hosts sharing a directory
 never collide. Resuming skips the ids listed in trusted done files; a finished chunk is never rewritten.
+
+The previous format (meta an object; errors in {prefix}-{part:05d}.errors.jsonl beside the records) is
+still read, meta included, so its folders remain inputs of the next stage and of training. A stage run
+does not add chunks to such a folder (it would mix two schemas in one table): it stops before any work,
+naming a file of the old format; `python -m jax_distill.traces.store upgrade DIR` rewrites the finished
+chunks of DIR in place (nothing is regenerated), or the stage writes to a new out_dir.
 
 `run_chunks` is the one resumable loop every chunked stage runs (generate, compress, truncate): the
 stage hands it its work items by id and how to process one chunk of them; the loop owns the rest.
@@ -52,6 +70,7 @@ import json
 import logging
 import os
 import re
+import sys
 import time
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -63,12 +82,13 @@ from jax_distill.traces.stats import Progress, merge_counts
 log = logging.getLogger(__name__)
 
 VARIANTS = ("raw", "compressed", "truncated", "answer_only")
-REQUIRED = {"id": str, "problem_id": str, "dataset": str, "question": str, "gold": str, "answer": str,
-            "trace": str, "variant": str, "meta": dict}
+REQUIRED = {"id": str, "problem_id": str, "dataset": str, "question": str, "gold": str, "answer_type": str,
+            "answer": str, "trace": str, "variant": str, "meta": str}
 
 
 def make_record(*, id: str, problem, answer: str, trace: str, variant: str, meta: dict) -> dict:
-    """A record from a Problem (or a record dict holding its fields) and the new parts."""
+    """A record from a Problem (or a record dict holding its fields) and the new parts; meta is a dict
+    here and JSON text on disk (write_chunk encodes it, the readers decode it)."""
     get = (lambda k: problem[k]) if isinstance(problem, dict) else (lambda k: getattr(problem, k))
     return {
         "id": id,
@@ -84,34 +104,49 @@ def make_record(*, id: str, problem, answer: str, trace: str, variant: str, meta
     }
 
 
-def validate_record(rec: Any, where: str) -> dict:
-    """Raise ValueError naming `where` (file:line) and the field when a record is malformed."""
-    if not isinstance(rec, dict):
-        raise ValueError(f"{where}: record must be a JSON object, got {type(rec).__name__}")
-    for field, typ in REQUIRED.items():
-        if field not in rec:
-            raise ValueError(f"{where}: record {rec.get('id')!r} misses field {field!r}")
-        if not isinstance(rec[field], typ):
-            raise ValueError(f"{where}: record {rec.get('id')!r} field {field!r} must be {typ.__name__}, "
-                             f"got {type(rec[field]).__name__}")
-    if rec["variant"] not in VARIANTS:
-        raise ValueError(f"{where}: record {rec['id']!r} variant {rec['variant']!r} not in {VARIANTS}")
-    if not rec["answer"].strip():
-        raise ValueError(f"{where}: record {rec['id']!r} has an empty answer")
-    return rec
+def to_disk(rec: dict) -> dict:
+    """A record as a line holds it: meta as the JSON text of its object."""
+    return {**rec, "meta": json.dumps(rec["meta"], ensure_ascii=False)}
 
+
+def validate_record(rec: Any, where: str) -> dict:
+    """The record of one line with meta decoded; BadRecord (reason, `where` = file:line, field) when it is
+    malformed. A meta object (the previous format) is taken as it is."""
+    if not isinstance(_parsed(rec), dict):
+        raise BadRecord("invalid_json", where, detail=f"a record is a JSON object, got {type(rec).__name__}")
+    rid = rec.get("id")
+    for field, typ in REQUIRED.items():
+        if rec.get(field) is None:
+            raise BadRecord("missing_field", where, field, f"record {rid!r} has no {field!r}")
+        if not isinstance(rec[field], typ) and not (field == "meta" and isinstance(rec[field], dict)):
+            raise BadRecord("wrong_type", where, field,
+                            f"record {rid!r} field {field!r} must be {typ.__name__}, got {type(rec[field]).__name__}")
+    if rec["variant"] not in VARIANTS:
+        raise BadRecord("wrong_value", where, "variant", f"record {rid!r} variant {rec['variant']!r} not in {VARIANTS}")
+    if not rec["answer"].strip():
+        raise BadRecord("empty_field", where, "answer", f"record {rid!r} has an empty answer")
+    meta = rec["meta"]
+    if isinstance(meta, str):
+        try:
+            meta = json.loads(meta)
+        except json.JSONDecodeError as e:
+            raise BadRecord("wrong_type", where, "meta", f"record {rid!r} meta is not JSON text: {e}") from None
+        if not isinstance(meta, dict):
+            raise BadRecord("wrong_type", where, "meta", f"record {rid!r} meta must hold a JSON object")
+    return {**rec, "meta": meta}
 
 
 # ----------------------------------------------------------------------------- chunk files
 
 DONE = ".done.json"
-CHUNK_FILES = (".jsonl", ".errors.jsonl")  # each chunk's files, in writing order (the done marker last)
+ERRORS_DIR = "errors"
+OLD_ERRORS = ".errors.jsonl"  # the previous format's errors file, beside the records
 
 
-def atomic_write(path: str, data: str) -> None:
+def atomic_write(path: str, data: str | bytes) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(data)
+    with open(tmp, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -121,15 +156,28 @@ def _jsonl(rows: Iterable[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
+def _chunk_paths(base: str) -> tuple[str, str]:
+    """(records file, errors file) of the chunk at `base` ("{out_dir}/{prefix}-{part:05d}")."""
+    out_dir, name = os.path.split(base)
+    return base + ".jsonl", os.path.join(out_dir, ERRORS_DIR, name + ".jsonl")
+
+
+def _file_entry(out_dir: str, path: str, data: bytes) -> tuple[str, dict]:
+    return os.path.relpath(path, out_dir), {"lines": sum(1 for line in data.split(b"\n") if line.strip()),
+                                            "bytes": len(data)}
+
+
 def write_chunk(out_dir: str, prefix: str, part: int, records: list[dict], errors: list[dict], done: dict) -> str:
     """Write one chunk (records, errors, then the done marker holding their line and byte counts);
     returns the chunk's base path."""
     base = os.path.join(out_dir, f"{prefix}-{part:05d}")
+    os.makedirs(os.path.join(out_dir, ERRORS_DIR), exist_ok=True)
     files = {}
-    for suffix, rows in zip(CHUNK_FILES, (records, errors)):
-        data = _jsonl(rows)
-        atomic_write(base + suffix, data)
-        files[suffix] = {"lines": len(rows), "bytes": len(data.encode("utf-8"))}
+    for path, rows in zip(_chunk_paths(base), ([to_disk(r) for r in records], errors)):
+        data = _jsonl(rows).encode("utf-8")
+        atomic_write(path, data)
+        rel, entry = _file_entry(out_dir, path, data)
+        files[rel] = entry
     atomic_write(base + DONE, json.dumps({**done, "files": files}, ensure_ascii=False, indent=1))
     return base
 
@@ -139,12 +187,22 @@ def _lines(path: str) -> int:
         return sum(1 for line in f if line.strip())
 
 
+def _is_old(info: dict) -> bool:
+    """A done marker of the previous format (its files keyed by suffix, errors beside the records)."""
+    return OLD_ERRORS in info.get("files", {})
+
+
+def _file_path(base: str, key: str) -> str:
+    """The file a done marker's `files` key names: a path in the directory, or (previous format) a suffix."""
+    return base + key if key.startswith(".") else os.path.join(os.path.dirname(base), key)
+
+
 def _distrust(base: str, info: dict) -> str:
     """Why a done marker's chunk files cannot be trusted ('' = they match the counts it holds)."""
     if "files" not in info:
         return "the done marker holds no file counts"
-    for suffix, want in info["files"].items():
-        path = base + suffix
+    for key, want in info["files"].items():
+        path = _file_path(base, key)
         if not os.path.exists(path):
             return f"{path} is missing"
         if os.path.getsize(path) != want["bytes"] or _lines(path) != want["lines"]:
@@ -178,13 +236,14 @@ def clean_partial(out_dir: str, prefix: str) -> list[str]:
     for base, _, why in _markers(out_dir, prefix):
         if why:
             os.remove(base + DONE)
-    done = {base for base, _, _ in _markers(out_dir, prefix)}
-    for path in glob.glob(os.path.join(out_dir, f"{prefix}-*")):
-        name = os.path.basename(path)
-        base = re.sub(r"(\.errors)?\.jsonl$", "", path)
-        if ".tmp" in name or (path.endswith(".jsonl") and base not in done):
-            os.remove(path)
-            removed.append(path)
+    done = {os.path.basename(base) for base, _, _ in _markers(out_dir, prefix)}
+    for folder in (out_dir, os.path.join(out_dir, ERRORS_DIR)):
+        for path in glob.glob(os.path.join(folder, f"{prefix}-*")):
+            name = os.path.basename(path)
+            chunk = re.sub(r"(\.errors)?\.jsonl$", "", name)
+            if ".tmp" in name or (name.endswith(".jsonl") and chunk not in done):
+                os.remove(path)
+                removed.append(path)
     return removed
 
 
@@ -203,36 +262,78 @@ def next_part(out_dir: str, prefix: str) -> int:
     return max(parts) + 1 if parts else 0
 
 
-def chunk_files(out_dir: str, suffix: str = ".jsonl") -> list[str]:
-    """Files of trusted finished chunks only, sorted by name."""
-    return [base + suffix for base, _, why in _markers(out_dir) if not why]
+def chunk_files(out_dir: str, kind: str = "records") -> list[str]:
+    """The records (or `kind="errors"`: errors) files of trusted finished chunks only, sorted by name."""
+    pick = 0 if kind == "records" else 1
+    return [base + OLD_ERRORS if pick and _is_old(info) else _chunk_paths(base)[pick]
+            for base, info, why in _markers(out_dir) if not why]
+
+
+def refuse_old_format(out_dir: str) -> None:
+    """A stage adds no chunk to a folder holding the previous format: ValueError naming one of its files."""
+    old = [base for base, info, why in _markers(out_dir) if not why and _is_old(info)]
+    if old:
+        raise ValueError(
+            f"{old[0]}.jsonl: written in the previous trace format (meta a JSON object, errors in "
+            f"{OLD_ERRORS} beside the records; {len(old)} such chunk(s) in {out_dir}); a run does not mix two "
+            f"formats in one folder: upgrade it in place first (`python -m jax_distill.traces.store upgrade "
+            f"{out_dir}`, nothing is regenerated) or write to a new out_dir")
+
+
+def upgrade(out_dir: str) -> list[str]:
+    """Rewrite the previous format's finished chunks of `out_dir` in the current one (meta as JSON text,
+    errors under errors/), each under its prefix's lock; returns their records files. Lines that do not
+    parse are kept as they are. Killed midway, a chunk's files and done marker disagree: it is redone."""
+    done = []
+    for base, info, why in _markers(out_dir):
+        if why or not _is_old(info):
+            continue
+        prefix = os.path.basename(base).rsplit("-", 1)[0]
+        with lock.hold(out_dir, prefix, "upgrade"):
+            records_path, errors_path = _chunk_paths(base)
+            lines = []
+            with open(records_path, "rb") as f:
+                for raw in f:  # every line in place (blank or not parsing too): file:line stays the same
+                    try:
+                        rec = json.loads(raw) if raw.strip() else None
+                    except (UnicodeDecodeError, json.JSONDecodeError):
+                        rec = None
+                    if isinstance(rec, dict) and isinstance(rec.get("meta"), dict):
+                        raw = (json.dumps(to_disk(rec), ensure_ascii=False) + "\n").encode("utf-8")
+                    lines.append(raw)
+            new = b"".join(lines)
+            with open(base + OLD_ERRORS, "rb") as f:
+                errors = f.read()
+            os.makedirs(os.path.dirname(errors_path), exist_ok=True)
+            atomic_write(errors_path, errors)
+            files = dict(_file_entry(out_dir, p, d) for p, d in ((records_path, new), (errors_path, errors)))
+            atomic_write(records_path, new)
+            atomic_write(base + DONE, json.dumps({**info, "files": files}, ensure_ascii=False, indent=1))
+            os.remove(base + OLD_ERRORS)
+            done.append(records_path)
+    return done
 
 
 # ----------------------------------------------------------------------------- reading
 
 
-def _parsed(row: Any) -> Any:
-    """A row of records.iter_records, raising the BadRecord it holds in place of a line that did not parse."""
-    if isinstance(row, BadRecord):
-        raise row
-    return row
-
-
 def read_records(path: str, variant: str | None = None) -> Iterator[dict]:
-    """Records of a stage directory (trusted finished chunks only, validated) or of one JSONL file."""
+    """Records of a stage directory (trusted finished chunks only, validated, meta decoded) or of one
+    JSONL file; a bad row raises BadRecord naming its file:line."""
     files = [path] if os.path.isfile(path) else chunk_files(path)
     if not files and not os.path.isdir(path):
         raise FileNotFoundError(f"no trace records at {path!r}")
     for file in files:
         for where, rec in records.iter_records(file):
-            rec = validate_record(_parsed(rec), where)
+            rec = validate_record(rec, where)
             if variant is None or rec["variant"] == variant:
                 yield rec
 
 
 def index_records(path: str, variant: str | None = None) -> dict[str, tuple[str, int, int]]:
     """id -> (file, byte offset, line) over a stage directory's finished chunks, so a stage can join
-    against another's records without holding their text in memory (see read_at)."""
+    against another's records without holding their text in memory (see read_at). A bad row (see
+    validate_record) raises BadRecord naming file:line."""
     index = {}
     for file in chunk_files(path):
         with open(file, "rb") as f:
@@ -240,7 +341,7 @@ def index_records(path: str, variant: str | None = None) -> dict[str, tuple[str,
             for raw in f:
                 offsets.append(offsets[-1] + len(raw))
         for where, rec in records.iter_records(file):
-            rec = validate_record(_parsed(rec), where)
+            rec = validate_record(rec, where)
             if variant is None or rec["variant"] == variant:
                 line = int(where.rsplit(":", 1)[1])
                 index[rec["id"]] = (file, offsets[line - 1], line)
@@ -254,13 +355,21 @@ def read_at(file: str, offset: int, line: int) -> dict:
         raw = f.readline()
     where = f"{file}:{line}"
     try:
-        return validate_record(json.loads(raw.decode("utf-8")), where)
+        rec = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BadRecord("invalid_json", where, detail=str(e)) from None
+    return validate_record(rec, where)
+
+
+def _parsed(row: Any) -> Any:
+    """A row of records.iter_records, raising the BadRecord it holds in place of a line that did not parse."""
+    if isinstance(row, BadRecord):
+        raise row
+    return row
 
 
 def read_errors(out_dir: str) -> list[dict]:
-    return [_parsed(e) for file in chunk_files(out_dir, ".errors.jsonl") for _, e in records.iter_records(file)]
+    return [_parsed(e) for file in chunk_files(out_dir, "errors") for _, e in records.iter_records(file)]
 
 
 def write_summary(out_dir: str, summary: dict) -> None:
@@ -340,8 +449,10 @@ def run_chunks(
     started = time.time()
     spec = parse_shard(shard)
     prefix = shard_prefix(stage, spec)
+    inputs, buckets = balance
     os.makedirs(out_dir, exist_ok=True)
     with lock.hold(out_dir, prefix, stage):  # one writer per prefix: a second is refused, naming the holder
+        refuse_old_format(out_dir)
         clean_partial(out_dir, prefix)
         done_ids, _ = finished(out_dir)
         mine = [i for i in items if in_shard(shard_key(i), spec)]
@@ -360,8 +471,22 @@ def run_chunks(
         summary = {"stage": stage, "out_dir": out_dir, "shard": shard, f"{unit}_in_shard": len(mine),
                    "skipped_finished": len(mine) - len(todo), "this_run": merge_counts(run_infos), "total": total}
         if total:
-            inputs, buckets = balance
             summary["balanced"] = total.get(inputs, 0) == sum(_bucket_total(total.get(b, 0)) for b in buckets)
         summary.update(summarize(total), seconds=round(time.time() - started, 2))
         write_summary(out_dir, summary)
     return summary
+
+
+def main(argv: list[str]) -> int:
+    """`python -m jax_distill.traces.store upgrade DIR...`: rewrite previous-format folders in place."""
+    if len(argv) < 2 or argv[0] != "upgrade":
+        print("usage: python -m jax_distill.traces.store upgrade DIR...", file=sys.stderr)
+        return 2
+    for out_dir in argv[1:]:
+        files = upgrade(out_dir)
+        print(f"{out_dir}: {len(files)} chunk(s) upgraded", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
