@@ -1,7 +1,8 @@
 """Trace stage folders as files other tools read (traces/store.py): `datasets` and `pandas` load a stage
 folder's *.jsonl, or several stages' at once, as one table of records (errors live under errors/, every
 column is a string in every variant); the previous format stays readable and is upgraded in place before a
-resume."""
+resume; a bad input row of compress or truncate is skipped and counted with its file:line (field), or
+raises under strict."""
 
 import glob
 import json
@@ -17,6 +18,7 @@ from hf_tiny import tokenizer_dir
 from jax_distill.cli import load_config
 from jax_distill.engines import Completion
 from jax_distill.engines.procedural import ProceduralTeacher
+from jax_distill.records import BadRecord
 from jax_distill.traces import compress, generate, store, truncate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,3 +185,61 @@ def test_previous_format_is_read_refused_for_a_resume_and_upgraded(tmp_path):
     assert got == sorted((strip_time(r) for r in store.read_records(str(ref))), key=lambda r: r["id"])
     assert resumed["total"] == reference["total"]
     check_table(load_with_datasets([old], tmp_path / "cache"), load_with_pandas([old]), [old])
+
+
+# ----------------------------------------------------------------------------- bad input rows
+
+
+def damage(out_dir):
+    """Cut one line of the first raw chunk short and drop the answer of a record of the second, with
+    their done markers updated (a finished folder written with bad rows); returns (cut, missing) as
+    file:line."""
+    files = sorted(glob.glob(f"{out_dir}/*[0-9].jsonl"))
+    where = []
+    for file, how in zip(files[:2], ("cut", "missing")):
+        lines = Path(file).read_text().splitlines(keepends=True)
+        assert len(lines) >= 2
+        if how == "cut":
+            lines[1] = lines[1][: len(lines[1]) // 2] + "\n"
+        else:
+            rec = json.loads(lines[1])
+            del rec["answer"]
+            lines[1] = json.dumps(rec) + "\n"
+        data = "".join(lines)
+        Path(file).write_text(data)
+        done = Path(file[: -len(".jsonl")] + ".done.json")
+        info = json.loads(done.read_text())
+        key = Path(file).name if Path(file).name in info["files"] else ".jsonl"  # (the previous format: by suffix)
+        info["files"][key] = {"lines": len(lines), "bytes": len(data.encode())}
+        done.write_text(json.dumps(info))
+        where.append(f"{file}:2")
+    return where
+
+
+def test_bad_raw_rows_are_skipped_and_counted_or_raise_under_strict(tmp_path):
+    raw, comp, trunc = tmp_path / "raw", tmp_path / "comp", tmp_path / "trunc"
+    generate.run(gen_cfg(raw, **{"engine.procedural.wrong_rate": 0.0}))
+    n = len(list(store.read_records(str(raw))))
+    cut, missing = damage(raw)
+    cs = compress.run(comp_cfg(raw, comp))
+    total = cs["total"]
+    assert total["skipped"] == {"invalid_json": 1, "missing_field": 1} and cs["balanced"]
+    assert total["inputs"] == n and total["compressed"] + total["fallback_raw"] == n - 2
+    assert cs["skipped_examples"] == {"invalid_json": [cut], "missing_field": [f"{missing} (answer)"]}
+    assert json.loads((comp / "summary.json").read_text())["skipped_examples"] == cs["skipped_examples"]
+    skipped = [e for e in store.read_errors(str(comp)) if "where" in e]
+    assert sorted((e["reason"], e["where"], e["field"]) for e in skipped) == [
+        ("invalid_json", cut, ""), ("missing_field", missing, "answer")]
+    assert len(list(store.read_records(str(comp)))) == n - 2
+    again = compress.run(comp_cfg(raw, comp))  # counted once: a rerun finds them finished
+    assert again["this_run"] == {} and again["total"] == total
+    ts = truncate.run(trunc_cfg(raw, comp, trunc, variants=("answer_only",)))
+    assert ts["total"]["skipped"] == {"invalid_json": 1, "missing_field": 1} and ts["balanced"]
+    assert ts["total"]["answer_only"] == n - 2 and ts["skipped_examples"]["invalid_json"] == [cut]
+
+    with pytest.raises(BadRecord, match=rf"^{cut}: invalid_json"):
+        compress.run(comp_cfg(raw, tmp_path / "strict", strict=True))
+    Path(cut.rsplit(":", 1)[0]).unlink()  # the one left: a missing field, named with its field
+    with pytest.raises(BadRecord, match=rf"^{missing}: missing_field \(answer\)"):
+        truncate.run(trunc_cfg(raw, comp, tmp_path / "strict", strict=True))
+    assert not glob.glob(str(tmp_path / "strict" / "*.jsonl"))  # nothing written before the inputs are read

@@ -12,7 +12,9 @@ Validation of a compressed trace, in order (the first failing check is the reaso
   unverified       the answer check timed out
 Policy on failure: keep_raw (emit the raw trace as the "compressed" record, meta.fallback="raw"),
 drop (emit nothing), retry (ask again with a new seed up to `retries` times, then drop). Every input
-ends in one bucket: inputs = compressed + fallback_raw + dropped + errors (engine_error, empty_trace).
+ends in one bucket: inputs = compressed + fallback_raw + dropped + errors (engine_error, empty_trace)
++ skipped (a bad input row: a line that does not parse, a missing or mistyped field; counted by reason,
+its file:line (field) in the errors file and the first few in the summary; `strict` raises instead).
 rho = chars(compressed) / chars(raw) per example, and the same ratio in student tokens.
 """
 
@@ -73,6 +75,7 @@ def default_config() -> ConfigDict:
     c.chunk_size = 64  # records per atomically written chunk
     c.shard = "0/1"  # "i/n": this host's share of the records (by id hash)
     c.student_tokenizer = ""  # HF tokenizer folder for rho in student tokens
+    c.strict = False  # a bad input row raises (naming file:line and field) instead of a counted skip
     return c
 
 
@@ -96,6 +99,7 @@ def validate(config: ConfigDict) -> None:
     checks.is_type(config, "retries", int)
     checks.at_least(config, "retries", 0)
     checks.is_type(config, "require_answer", bool)
+    checks.is_type(config, "strict", bool)
     checks.positive(config, "verify_timeout_s")
 
 
@@ -275,9 +279,11 @@ def run(config: ConfigDict, engine=None) -> dict:
     validate(config)
     student = StudentTokens(config.student_tokenizer)
     compressor = functools.cache(lambda: Compressor(config.compressor, engine))  # a model loads only for work
+    bad = []
+    # locations: each chunk reads only its own records; bad rows are items too (counted, never processed)
+    items = store.index_records(config.in_dir, variant="raw", skip=None if config.strict else bad.append)
     summary = store.run_chunks(
-        "compress", config.out_dir, config.shard, config.chunk_size,
-        store.index_records(config.in_dir, variant="raw"),  # locations: each chunk reads only its own records
+        "compress", config.out_dir, config.shard, config.chunk_size, {**items, **store.skipped_items(bad)},
         lambda locations: process_chunk([store.read_at(*loc) for loc in locations], compressor(), config, student),
         unit="traces", balance=("inputs", ("compressed", "fallback_raw", "dropped", "errors")),
         provenance=lambda: {"compressor": compressor().name},

@@ -60,6 +60,9 @@ chunks of DIR in place (nothing is regenerated), or the stage writes to a new ou
 
 `run_chunks` is the one resumable loop every chunked stage runs (generate, compress, truncate): the
 stage hands it its work items by id and how to process one chunk of them; the loop owns the rest.
+A bad input row (a line that does not parse, a missing or mistyped field: see index_records) is a
+work item of its own: the loop counts it under `skipped` by reason, writes it to the errors file with
+its file:line and field, and lists the first few per reason in the summary (`skipped_examples`).
 """
 
 from __future__ import annotations
@@ -84,6 +87,7 @@ log = logging.getLogger(__name__)
 VARIANTS = ("raw", "compressed", "truncated", "answer_only")
 REQUIRED = {"id": str, "problem_id": str, "dataset": str, "question": str, "gold": str, "answer_type": str,
             "answer": str, "trace": str, "variant": str, "meta": str}
+FIRST_FEW = 5  # skipped input rows listed per reason in a summary
 
 
 def make_record(*, id: str, problem, answer: str, trace: str, variant: str, meta: dict) -> dict:
@@ -330,10 +334,11 @@ def read_records(path: str, variant: str | None = None) -> Iterator[dict]:
                 yield rec
 
 
-def index_records(path: str, variant: str | None = None) -> dict[str, tuple[str, int, int]]:
+def index_records(path: str, variant: str | None = None, skip: Callable[[BadRecord], None] | None = None,
+                  ) -> dict[str, tuple[str, int, int]]:
     """id -> (file, byte offset, line) over a stage directory's finished chunks, so a stage can join
     against another's records without holding their text in memory (see read_at). A bad row (see
-    validate_record) raises BadRecord naming file:line."""
+    validate_record) raises BadRecord naming file:line, or goes to `skip` (then run_chunks counts it)."""
     index = {}
     for file in chunk_files(path):
         with open(file, "rb") as f:
@@ -341,11 +346,22 @@ def index_records(path: str, variant: str | None = None) -> dict[str, tuple[str,
             for raw in f:
                 offsets.append(offsets[-1] + len(raw))
         for where, rec in records.iter_records(file):
-            rec = validate_record(rec, where)
+            try:
+                rec = validate_record(rec, where)
+            except BadRecord as bad:
+                if skip is None:
+                    raise
+                skip(bad)
+                continue
             if variant is None or rec["variant"] == variant:
                 line = int(where.rsplit(":", 1)[1])
                 index[rec["id"]] = (file, offsets[line - 1], line)
     return index
+
+
+def skipped_items(bad: list[BadRecord]) -> dict[str, BadRecord]:
+    """Work items of bad input rows for run_chunks, by a stable id: the file's name and the line."""
+    return {os.path.basename(b.where): b for b in bad}
 
 
 def read_at(file: str, offset: int, line: int) -> dict:
@@ -418,6 +434,25 @@ def _bucket_total(value) -> int:
     return sum(value.values()) if isinstance(value, dict) else value
 
 
+def _skipped_chunk(stage: str, inputs: str, bad: Mapping[str, BadRecord]) -> Chunk:
+    """What a chunk's bad input rows add: one error each (with where and field) and their counts."""
+    errors = [{"id": i, "stage": stage, "reason": b.reason, "where": b.where, "field": b.field, "detail": b.detail}
+              for i, b in bad.items()]
+    counts = {inputs: len(bad), "skipped": {}}
+    for b in bad.values():
+        counts["skipped"][b.reason] = counts["skipped"].get(b.reason, 0) + 1
+    return [], errors, counts
+
+
+def skipped_examples(out_dir: str, limit: int = FIRST_FEW) -> dict[str, list[str]]:
+    """The first few skipped input rows per reason over a stage directory, as "file:line (field)"."""
+    first: dict[str, list[str]] = {}
+    for e in read_errors(out_dir):
+        if "where" in e and len(first.setdefault(e["reason"], [])) < limit:
+            first[e["reason"]].append(e["where"] + (f" ({e['field']})" if e.get("field") else ""))
+    return first
+
+
 def run_chunks(
     stage: str,
     out_dir: str,
@@ -437,9 +472,12 @@ def run_chunks(
     items a chunk, each chunk written atomically as it comes back; returns the summary (also written).
 
     items       item id -> what `process` needs of it (a Problem, or a record's location: small, so a
-                chunk can be shipped elsewhere); the ids are what done markers list
+                chunk can be shipped elsewhere); the ids are what done markers list. A BadRecord (a bad
+                input row, see skipped_items) never reaches `process`: it counts as an input and under
+                `skipped` by reason, and goes to the errors file with its file:line and field
     process     items -> (records, errors, counts); counts are summed over chunks by merge_counts
     balance     (input count, buckets): the summary's `balanced` says every input landed in one bucket
+                (`skipped` is one too)
     shard_key   the id an item is sharded by (default: its own)
     provenance  extra fields for each done marker (e.g. the engine's name), asked after each chunk
     summarize   the stage's own summary fields (tables), from the merged total over the directory
@@ -461,7 +499,12 @@ def run_chunks(
         part = next_part(out_dir, prefix)
         progress = Progress(stage, len(todo), unit)
         run_infos = []
-        for ids, (recs, errors, counts) in zip(chunks, dispatch(process, ([items[i] for i in ids] for ids in chunks))):
+        good = ([items[i] for i in ids if not isinstance(items[i], BadRecord)] for ids in chunks)
+        for ids, (recs, errors, counts) in zip(chunks, dispatch(process, good)):
+            bad = {i: items[i] for i in ids if isinstance(items[i], BadRecord)}
+            if bad:
+                _, bad_errors, bad_counts = _skipped_chunk(stage, inputs, bad)
+                errors, counts = errors + bad_errors, merge_counts([{"counts": counts}, {"counts": bad_counts}])
             info = {"stage": stage, "ids": ids, "counts": counts, "time": time.time(), **provenance()}
             write_chunk(out_dir, prefix, part, recs, errors, info)
             part += 1
@@ -471,7 +514,10 @@ def run_chunks(
         summary = {"stage": stage, "out_dir": out_dir, "shard": shard, f"{unit}_in_shard": len(mine),
                    "skipped_finished": len(mine) - len(todo), "this_run": merge_counts(run_infos), "total": total}
         if total:
-            summary["balanced"] = total.get(inputs, 0) == sum(_bucket_total(total.get(b, 0)) for b in buckets)
+            summary["balanced"] = total.get(inputs, 0) == sum(_bucket_total(total.get(b, 0))
+                                                              for b in (*buckets, "skipped"))
+        if total.get("skipped"):
+            summary["skipped_examples"] = skipped_examples(out_dir)
         summary.update(summarize(total), seconds=round(time.time() - started, 2))
         write_summary(out_dir, summary)
     return summary

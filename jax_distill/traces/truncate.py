@@ -8,7 +8,9 @@
   answer_only  per raw record: empty trace, same answer (the empty-think-block run).
 One compressor per compressed directory (record ids are "{raw id}/truncated"). Counts: every
 compressed input ends as truncated, within_budget (raw already no longer than the budget; kept whole,
-still written) or errors (missing_raw: no raw twin, e.g. raw directory of another run).
+still written) or errors (missing_raw: no raw twin, e.g. raw directory of another run). A bad input
+row of either directory (a line that does not parse, a missing or mistyped field) is counted once under
+skipped by reason, with its file:line (field) in the errors file and the summary; `strict` raises instead.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ def default_config() -> ConfigDict:
     c.student_tokenizer = ""  # HF tokenizer folder (required for truncated: budgets are in student tokens)
     c.chunk_size = 256  # records per atomically written chunk
     c.shard = "0/1"  # "i/n": this host's share (by raw record id)
+    c.strict = False  # a bad input row raises (naming file:line and field) instead of a counted skip
     return c
 
 
@@ -49,6 +52,7 @@ def validate(config: ConfigDict) -> None:
     checks.exists(config, "raw_dir", what="raw trace directory")
     store.validate_chunking(config)
     checks.is_type(config, "variants", (tuple, list))
+    checks.is_type(config, "strict", bool)
     unknown = [v for v in config.variants if v not in VARIANTS]
     checks.need(bool(config.variants) and not unknown, "variants",
                 f"must name some of {', '.join(VARIANTS)}; got {tuple(config.variants)!r}")
@@ -115,20 +119,23 @@ def run(config: ConfigDict) -> dict:
     validate(config)
     student = StudentTokens(config.student_tokenizer)
     # plan on ids and file offsets only; each record is read when its chunk is processed
-    raws = store.index_records(config.raw_dir, variant="raw")
+    bad = []
+    skip = None if config.strict else bad.append
+    raws = store.index_records(config.raw_dir, variant="raw", skip=skip)
     items = {}  # output id -> (variant, source location, raw twin's location); ids are "{raw id}/{variant}"
     if "truncated" in config.variants:
         suffix = "/compressed"  # compressed ids are "{raw id}/compressed" (store.py)
-        for cid, loc in store.index_records(config.compressed_dir, variant="compressed").items():
+        for cid, loc in store.index_records(config.compressed_dir, variant="compressed", skip=skip).items():
             raw_id = cid.removesuffix(suffix)
             items[f"{raw_id}/truncated"] = ("truncated", loc, raws.get(raw_id))
     if "answer_only" in config.variants:
         items.update({f"{rid}/answer_only": ("answer_only", loc, None) for rid, loc in raws.items()})
+    items.update(store.skipped_items(bad))  # counted once, never processed
     summary = store.run_chunks(
         "truncate", config.out_dir, config.shard, config.chunk_size, items,
         lambda chunk: process_chunk(chunk, student, config.raw_dir),
         unit="records", balance=("inputs", ("truncated", "within_budget", "answer_only", "errors")),
-        shard_key=lambda out_id: out_id.rsplit("/", 1)[0],  # by raw id, as the other stages
+        shard_key=lambda out_id: out_id.rsplit("/", 1)[0],  # by raw id, as the other stages (a bad row: its own id)
         summarize=lambda total: describe_output(config.out_dir, config.variants),
     )
     print("truncate: " + json.dumps(summary["total"]) + "\n" + format_table(summary["describe"]), flush=True)
