@@ -12,6 +12,8 @@ import time
 from collections import Counter, defaultdict
 from typing import Iterable
 
+from jax_distill import records
+
 
 class StudentTokens:
     """Token counts in the student's tokenizer (any HF tokenizer folder); None everywhere when unset."""
@@ -109,13 +111,8 @@ def compression_table(records: Iterable[dict]) -> list[dict]:
 
 
 def format_table(rows: list[dict]) -> str:
-    """Markdown table of a list of flat dicts."""
-    if not rows:
-        return "(no rows)"
-    cols = list(rows[0])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join("" if r[c] is None else str(r[c]) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
+    """Markdown table of a list of flat dicts (their keys as columns), "(no rows)" for none."""
+    return records.markdown_table(rows, list(rows[0])) if rows else "(no rows)"
 
 
 def describe(records: Iterable[dict]) -> list[dict]:
