@@ -44,9 +44,29 @@ def run_stage(
         except checks.ConfigError as e:
             sys.stderr.write(f"FATAL config error: {e}\n")
             sys.exit(1)
-        run(config.value)
+        try:
+            run(config.value)
+        except Exception as e:  # the traceback, then one line naming the root cause (e.g. from a data worker)
+            import traceback
+
+            traceback.print_exc()
+            sys.stderr.write(f"FATAL {root_cause(e)}\n")
+            sys.exit(1)
 
     app.run(main, argv=argv, flags_parser=lambda argv: _parse_flags(flag_values, argv))
+
+
+def root_cause(error: BaseException) -> str:
+    """"Type: message" of the innermost exception of a chain, on one line. An error raised in a Grain
+    worker process arrives re-raised with the worker's traceback in its message: its last line is the
+    original "Type: message"."""
+    while error.__cause__ is not None or (error.__context__ is not None and not error.__suppress_context__):
+        error = error.__cause__ or error.__context__
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    worker = [line for line in lines if ": " in line and line.split(": ", 1)[0].replace(".", "").isidentifier()]
+    if len(lines) > 1 and worker:
+        return worker[-1]
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 
 def _parse_flags(flag_values: flags.FlagValues, argv: list[str]) -> list[str]:

@@ -109,3 +109,31 @@ def test_from_json_restores_tuples(tmp_path):
     path.write_text(cfg.to_json())
     back = cli.config_file(f"configs/from_json.py:{path}")
     assert back.variants == ("raw", "answer_only") and back.nested.stop == ("a",)
+
+
+def test_an_error_in_a_data_worker_ends_in_one_line_naming_it(tmp_path):
+    """A chat template that raises inside a Grain worker process (as a missing jinja2 did): after the
+    tracebacks, the last line names the cause."""
+    import json
+    import shutil
+
+    import hf_tiny
+
+    tok = tmp_path / "tok"
+    shutil.copytree(hf_tiny.tokenizer_dir(), tok)
+    config = json.loads((tok / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{{ raise_exception('boom in the chat template') }}"
+    (tok / "tokenizer_config.json").write_text(json.dumps(config))
+    for template in tok.glob("chat_template.*"):
+        template.unlink()
+    traces = tmp_path / "traces.jsonl"
+    traces.write_text("".join(json.dumps({"id": f"r{i}", "question": "q?", "answer": "a", "trace": "t", "variant": "raw"})
+                              + "\n" for i in range(8)))
+    out = subprocess.run(
+        [sys.executable, "-m", "jax_distill.train", "--config", "configs/train/tiny.py", f"--config.data.path={traces}",
+         f"--config.train.tokenizer={tok}", f"--config.train.run_dir={tmp_path / 'run'}", "--config.data.workers=1",
+         "--config.train.steps=2"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == "FATAL TemplateError: boom in the chat template", out.stderr[-2000:]
