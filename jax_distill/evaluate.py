@@ -30,7 +30,7 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
-from jax_distill import checks
+from jax_distill import checks, storage
 from jax_distill.eval_tasks import BENCHMARK_TASKS, SOURCES, TASKS, load_task, score_docs, task_file, task_records
 from jax_distill.sampling_params import SamplingParams, sampling_config, validate_sampling
 from jax_distill.scoring import loglikelihood
@@ -249,6 +249,8 @@ def run(config: ConfigDict) -> dict:
     out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
+    for path in (config.checkpoint, config.tokenizer):  # an unreachable gs:// path fails in seconds, naming it
+        storage.probe(path)
     model, tokenizer, rules = load_model(
         config.checkpoint, config.tokenizer, config.dtype, config.compute_dtype, config.mesh
     )

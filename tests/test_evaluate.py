@@ -415,3 +415,23 @@ def test_missing_task_file_is_named(tmp_path):
     assert eval_tasks.task_file(mc, "mmlu_other") == tmp_path / "mmlu.parquet"  # MMLU groups share one file
     with pytest.raises(ValueError, match="unknown multiple-choice task 'mmlu'"):
         eval_tasks.load_task("mmlu", iter_records(tmp_path / "mmlu.parquet"))
+
+
+def test_unreachable_gcs_checkpoint_fails_within_the_probe_timeout(tmp_path):
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends
+    env = dict(__import__("os").environ, STORAGE_EMULATOR_HOST=f"http://127.0.0.1:{port}",
+               JAX_DISTILL_STORAGE_TIMEOUT_S="3", FSSPEC_GCS_TOKEN="anon")
+    start = time.monotonic()
+    res = subprocess.run(
+        [sys.executable, "-m", "jax_distill.evaluate", "--config", "configs/eval/default.py",
+         "--config.checkpoint=gs://bucket-x/student", f"--config.output_dir={tmp_path}", "--config.multiple_choice.tasks="],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert res.returncode == 1 and time.monotonic() - start < 60, res.stderr[-3000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("FATAL") and "gs://bucket-x/student" in last and f"127.0.0.1:{port}" in last, last
