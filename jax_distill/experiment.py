@@ -8,7 +8,8 @@ runner wires the stages in their one-way order and gives every stage its own dir
   traces/<teacher>/compressed-<compressor>   compress
   traces/<teacher>/<student>/truncated-<compressor>, .../answer-only     truncate (student tokens)
   students/<student>                         tiny students built here (when no path is given)
-  runs/<teacher>/<student>/<method>/<variant>/  train (+ eval/ inside)
+  pretrain/<student>/{traces,run}            a tiny student's pretraining corpus and run (students.<s>.pretrain)
+  runs/<teacher>/<student>/<method>/<variant>/seed<k>/  train (+ eval/ inside), one per training seed
   report/                                    the paper's tables and plots
 
 Every stage resumes, so rerunning the same command continues where a killed run stopped. Each stage's
@@ -39,7 +40,7 @@ from jax_distill.cost import CHIPS
 
 log = logging.getLogger("jax_distill.experiment")
 
-STAGES = ("generate", "compress", "truncate", "train", "evaluate", "report")
+STAGES = ("generate", "pretrain", "compress", "truncate", "train", "evaluate", "report")
 VARIANT_KINDS = ("raw", "compressed", "truncated", "answer_only")
 
 
@@ -55,7 +56,11 @@ def default_config() -> ConfigDict:
     c.teachers = ConfigDict()  # name -> generate-stage config
     c.compressors = ConfigDict()  # name -> compress-stage config
     c.truncate = ConfigDict()  # truncate-stage template (inputs and outputs are set per cell)
-    c.students = ConfigDict()  # name -> {path: HF folder or "" to build a tiny one, tiny: build_student kwargs}
+    # name -> {path: HF folder, or "" to build a tiny one with tiny: build_student kwargs and optionally
+    # pretrain: {problems: a problems config (its own questions, none of the evaluation's), teacher: a
+    # teachers name ("" = the first), train: fields set on the train template}: the tiny base is then
+    # pretrained (full, on that teacher's traces of those problems) before any cell trains from it}
+    c.students = ConfigDict()
     c.methods = ("lora", "full")  # lora | full
     c.variants = ("raw",)  # raw | compressed:<compressor> | truncated:<compressor> | answer_only
     # Which training runs (cells: teacher x student x method x variant). Empty grids and cells: the full
@@ -64,6 +69,7 @@ def default_config() -> ConfigDict:
     # explicit cells ("teacher/student/method/variant").
     c.grids = ConfigDict()
     c.cells = ()
+    c.seeds = (0,)  # training seeds: every cell is trained once per seed; the report aggregates them
     c.cost = ConfigDict(dict(
         chip="h100",  # the cost plan's accelerator: h100 | h200 | v5e | v5p | v6e (peak table: cost.py)
         mfu=0.4,  # model FLOPs utilisation the plan assumes
@@ -100,6 +106,16 @@ def validate(c: ConfigDict) -> None:
         for axis in ("teachers", "students", "methods", "variants"):
             checks.need(axis in grid, f"grids.{name}", f"must name {axis} (a tuple; '*' = all)")
     cells(c)  # every grid entry and cell names something the config declares
+    for name, spec in c.students.items():
+        pretrain = spec.get("pretrain")
+        if pretrain:
+            checks.need(not spec.path, f"students.{name}.pretrain", "only a tiny student (path \"\") is pretrained here")
+            checks.need(not pretrain.teacher or pretrain.teacher in c.teachers, f"students.{name}.pretrain.teacher",
+                        f"{pretrain.teacher!r} names no teacher in config.teachers {sorted(c.teachers)}")
+    checks.is_type(c, "seeds", (tuple, list))
+    checks.need(bool(c.seeds) and all(isinstance(s, int) and not isinstance(s, bool) for s in c.seeds), "seeds",
+                f"must be a non-empty tuple of integers; got {c.seeds!r}")
+    checks.need(len(set(c.seeds)) == len(c.seeds), "seeds", f"repeats a seed: {c.seeds!r}")
     checks.one_of(c, "cost.chip", tuple(CHIPS))
     checks.in_range(c, "cost.mfu", 0.0, 1.0, closed=True)
     checks.positive(c, "cost.mfu")
@@ -208,7 +224,7 @@ class Runner:
         out.mkdir(parents=True, exist_ok=True)
         cfg_file = out / f"{name}_config.json"
         cfg_file.write_text(cfg.to_json_best_effort(indent=2))
-        module = name if name in ("train", "evaluate", "report") else f"traces.{name}"
+        module = {"pretrain": "train"}.get(name, name if name in ("train", "evaluate", "report") else f"traces.{name}")
         self.plan.append(f"python -m jax_distill.{module} --config configs/from_json.py:{cfg_file}")
         if self.config.plan_only or name not in self.stages:
             return None
@@ -233,7 +249,9 @@ class Runner:
         return raw_dirs
 
     def students(self, raw_dirs: dict[str, Path]) -> dict[str, Path]:
-        """Student folders; tiny ones are built from the questions and raw traces (tokenizer + random init)."""
+        """Student folders. A tiny student (no path) is built here: a BPE tokenizer trained on the traces'
+        text and a random init; with `pretrain`, that base is then pretrained as its own stage and the
+        grid starts from the pretrained export."""
         from jax_distill.models.tiny import build_student
         from jax_distill.traces.store import read_records
 
@@ -243,16 +261,43 @@ class Runner:
             if spec.path:
                 out[name] = spec.path
                 continue
+            pretrain = spec.get("pretrain")
+            text_dirs = list(raw_dirs.values()) + ([self.pretrain_traces(name, pretrain)] if pretrain else [])
             folder = self.work / "students" / name
             out[name] = folder
-            if (folder / "config.json").exists() or self.config.plan_only:
-                continue
-            texts = [t for d in raw_dirs.values() for r in read_records(str(d)) for t in (r["question"], r["trace"], r["answer"])]
-            if not texts:
-                raise RuntimeError(f"students.{name}: no traces to train its tokenizer on (run generate first)")
-            log.info("== building tiny student %s from %d texts", name, len(texts))
-            build_student(folder, texts, **spec.tiny.to_dict())
+            if not (folder / "config.json").exists() and not self.config.plan_only:
+                texts = [t for d in text_dirs for r in read_records(str(d)) for t in (r["question"], r["trace"], r["answer"])]
+                if not texts:
+                    raise RuntimeError(f"students.{name}: no traces to train its tokenizer on (run generate first)")
+                log.info("== building tiny student %s from %d texts", name, len(texts))
+                build_student(folder, texts, **spec.tiny.to_dict())
+            if pretrain:
+                out[name] = self.pretrain(name, folder, pretrain, text_dirs[-1])
         return out
+
+    def pretrain_traces(self, student: str, pretrain: ConfigDict) -> Path:
+        """The pretraining corpus: the pretraining teacher's verified traces of the pretraining problems."""
+        from jax_distill.traces import generate
+
+        out = self.work / "pretrain" / student / "traces"
+        teacher = self.config.teachers[pretrain.teacher or next(iter(self.config.teachers))]
+        cfg = _derive(teacher, out_dir=str(out), split="all", problems=copy.deepcopy(pretrain.problems))
+        self.stage("generate", cfg, out, generate.run)
+        return out
+
+    def pretrain(self, student: str, base: Path, pretrain: ConfigDict, traces: Path) -> Path:
+        """Full training of the random base on the pretraining corpus (the train template with
+        pretrain.train on top); the export is the student every cell starts from."""
+        from jax_distill import train
+
+        run_dir = self.work / "pretrain" / student / "run"
+        cfg = _derive(self.config.train, **{
+            "model.path": str(base), "method": "full", "train.run_dir": str(run_dir), "data.path": (str(traces),),
+            "export.hf": True, "meta.student": student, "meta.variant": "pretrain", "meta.name": f"pretrain/{student}"})
+        cfg = _merge(cfg, pretrain.train)
+        if not (run_dir / "train_summary.json").exists():
+            self.stage("pretrain", cfg, run_dir, train.run)
+        return run_dir / "export" / "hf"
 
     def compress(self, raw_dirs: dict[str, Path], students: dict[str, Path]) -> dict[str, dict[str, Path]]:
         """Per teacher: raw dir and one dir per compressor that a cell uses (compressed or truncated)."""
@@ -302,14 +347,14 @@ class Runner:
             return trace_dirs[cell.teacher][comp]
         return ablation_dirs[(cell.teacher, cell.student, cell.variant)]
 
-    def train_config(self, cell: Cell, folder: Path, run_dir: Path, data: Path) -> ConfigDict:
+    def train_config(self, cell: Cell, seed: int, folder: Path, run_dir: Path, data: Path) -> ConfigDict:
         label = variant_label(cell.variant)
         recipe = self.config.train_recipes.get(cell.student, {}).get(cell.method)
         cfg = _derive(
             recipe if recipe is not None else self.config.train,
-            **{"model.path": str(folder), "method": cell.method, "train.run_dir": str(run_dir),
-               "data.path": str(data), "meta.teacher": cell.teacher, "meta.student": cell.student,
-               "meta.variant": label, "meta.name": f"{cell.teacher}/{cell.student}/{cell.method}/{label}"},
+            **{"model.path": str(folder), "method": cell.method, "train.run_dir": str(run_dir), "train.seed": seed,
+               "data.path": (str(data),), "meta.teacher": cell.teacher, "meta.student": cell.student,
+               "meta.variant": label, "meta.name": f"{cell.teacher}/{cell.student}/{cell.method}/{label}/seed{seed}"},
         )
         if cell.method in self.config.method_overrides:
             cfg = _merge(cfg, self.config.method_overrides[cell.method])
@@ -319,13 +364,13 @@ class Runner:
         from jax_distill import evaluate, train
 
         run_dirs = []
-        for cell in self.cells:
-            run_dir = self.work / "runs" / cell.teacher / cell.student / cell.method / variant_label(cell.variant)
+        for cell, seed in itertools.product(self.cells, self.config.seeds):
+            run_dir = self.work / "runs" / cell.teacher / cell.student / cell.method / variant_label(cell.variant) / f"seed{seed}"
             run_dirs.append(run_dir)
             data = self.data_dir(cell, trace_dirs, ablation_dirs)
-            cfg = self.train_config(cell, students[cell.student], run_dir, data)
+            cfg = self.train_config(cell, seed, students[cell.student], run_dir, data)
             if self.config.plan_only:
-                self.costs.append(self.cost(cell, cfg, data))
+                self.costs.append(self.cost(cell, seed, cfg, data))
             if not (run_dir / "train_summary.json").exists():  # written only when training ended
                 self.stage("train", cfg, run_dir, train.run)
             else:
@@ -347,7 +392,7 @@ class Runner:
 
     # ------------------------------------------------------------------------- cost plan
 
-    def cost(self, cell: Cell, train_cfg: ConfigDict, data: Path) -> dict:
+    def cost(self, cell: Cell, seed: int, train_cfg: ConfigDict, data: Path) -> dict:
         """Tokens, FLOPs and chip-hours of one run (see jax_distill/cost.py for the model)."""
         from jax_distill import cost
 
@@ -361,7 +406,7 @@ class Runner:
         else:
             size = cost.model_size(train_cfg.model.path)
         row = cost.run_cost(size, cell.method, tokens, train_cfg.train.seq_len, self.config.cost.chip, self.config.cost.mfu)
-        return {"cell": str(cell), "tokens_from": source, **row}
+        return {"cell": str(cell), "seed": seed, "tokens_from": source, **row}
 
     def train_tokens(self, cell: Cell, train_cfg: ConfigDict, data: Path) -> tuple[float, str]:
         """Tokens the run trains on: fixed steps x batch x seq_len; else the finished trace records
@@ -396,11 +441,11 @@ class Runner:
 
         chip, mfu = self.config.cost.chip, self.config.cost.mfu
         rows = [dict(r) for r in self.costs]
-        rows.append({"cell": f"total ({len(rows)} runs)", "tokens_from": "",
+        rows.append({"cell": f"total ({len(rows)} runs)", "seed": None, "tokens_from": "",
                      **{k: sum(r[k] for r in self.costs) for k in ("tokens", "flops", "chip_hours")}})
         fmt = lambda col, v: "" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
         head = f"cost plan: {chip} at {mfu:.0%} MFU (FLOPs: 6N/token full, 4N LoRA, + attention; jax_distill/cost.py)\n"
-        return head + records.markdown_table(rows, ["cell", "tokens", "tokens_from", "flops", "chip_hours"], fmt)
+        return head + records.markdown_table(rows, ["cell", "seed", "tokens", "tokens_from", "flops", "chip_hours"], fmt)
 
 
 def run(config: ConfigDict) -> dict:

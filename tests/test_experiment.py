@@ -24,8 +24,11 @@ def miniature(workdir, **extra):
         "train.checkpoint.every": 0,
         "eval.generation.sampling.max_tokens": 48,
         "eval.generation.batch_size": 8,
+        "eval.multiple_choice.limit": 8,
         **extra,
     }
+    overrides["students.tiny-qwen3.pretrain.problems.synthetic.num"] = 40
+    overrides["students.tiny-qwen3.pretrain.train.data.num_epochs"] = 1
     overrides["students.tiny-qwen3.tiny.hidden_size"] = 64
     overrides["students.tiny-qwen3.tiny.intermediate_size"] = 96
     overrides["students.tiny-qwen3.tiny.num_layers"] = 2
@@ -59,13 +62,17 @@ def test_report_table_has_every_variant_and_relative_columns(demo_run):
     table = (work / "report" / "main_table.md").read_text()
     for variant in ("raw", "compressed-extractive", "truncated-extractive", "answer-only"):
         assert f"| {variant} |" in table
-    rows = json.loads((work / "report" / "report.json").read_text())["rows"]
-    by_variant = {(r["method"], r["variant"]): r for r in rows}
+    tables = json.loads((work / "report" / "report.json").read_text())
+    by_variant = {(r["method"], r["variant"]): r for r in tables["cells"]}
     raw, comp = by_variant[("full", "raw")], by_variant[("full", "compressed-extractive")]
     # compressed traces are far shorter, so the student trains on far fewer tokens
     assert comp["train_tokens"] < 0.5 * raw["train_tokens"]
-    assert comp["train_token_ratio"] == pytest.approx(comp["train_tokens"] / raw["train_tokens"], rel=1e-6)
-    assert list((work / "report").glob("accuracy_vs_length_*.png"))
+    assert raw["accuracy_lo"] <= raw["accuracy"] <= raw["accuracy_hi"]
+    efficiency = {r["variant"]: r for r in tables["efficiency"]}
+    ratio = efficiency["compressed-extractive"]["train_token_ratio"]
+    assert ratio == pytest.approx(comp["train_tokens"] / raw["train_tokens"], rel=1e-6)
+    assert {r["variant"] for r in tables["comparisons"]} == {"compressed-extractive", "truncated-extractive", "answer-only"}
+    assert (work / "report" / "accuracy_vs_length.png").exists()
 
 
 def test_rerun_resumes_without_redoing_work(demo_run, capsys):
@@ -79,10 +86,21 @@ def test_rerun_resumes_without_redoing_work(demo_run, capsys):
 def test_plan_only_prints_one_command_per_stage(tmp_path, capsys):
     result = experiment.run(miniature(tmp_path, plan_only=True))
     plan = result["plan"]
-    assert sum("jax_distill.train" in p for p in plan) == 4
+    assert sum("/train_config.json" in p for p in plan) == 4
+    assert sum("pretrain_config.json" in p and "jax_distill.train " in p for p in plan) == 1
     assert sum("jax_distill.evaluate" in p for p in plan) == 4
     assert all("configs/from_json.py:" in p for p in plan)
-    assert not (tmp_path / "runs" / "procedural" / "tiny-qwen3" / "full" / "raw" / "train_summary.json").exists()
+    assert not (tmp_path / "runs" / "procedural" / "tiny-qwen3" / "full" / "raw" / "seed0" / "train_summary.json").exists()
+
+
+def test_every_cell_is_trained_once_per_seed(tmp_path):
+    result = experiment.run(miniature(tmp_path, plan_only=True, seeds="0,1"))
+    assert len(result["runs"]) == 8 and sum("/train_config.json" in p for p in result["plan"]) == 8
+    assert [r.rsplit("/", 1)[1] for r in result["runs"][:2]] == ["seed0", "seed1"]
+    train_cfg = json.loads(open(f"{result['runs'][1]}/train_config.json").read())
+    assert train_cfg["train"]["seed"] == 1
+    with pytest.raises(ValueError, match=r"config\.seeds: repeats a seed"):
+        experiment.run(miniature(tmp_path, plan_only=True, seeds="1,1"))
 
 
 def test_unknown_variant_is_named(tmp_path):
