@@ -11,7 +11,9 @@ Per item (an evaluation problem) the score is its share of correct samples (an u
 counts as wrong, as in the evaluate stage). Statistics, all at 95% (jax_distill.uncertainty):
   accuracy      one seed: Wilson interval (0/1 scores) or bootstrap over items (several samples per
                 item); several seeds: mean of the seeds, sd across them, and a two-level bootstrap
-                (seeds, then items) whose interval includes seed variation
+                (seeds, then items) whose interval includes seed variation. With several datasets
+                also the macro average (mean of per-dataset accuracies; bootstrap within datasets),
+                in the CSV and report.json beside the pooled accuracy
   comparisons   each variant against the baseline (raw) of its teacher/student/method, and
                 compressed:X against truncated:X (the length-matched ablation): paired difference on the
                 shared items, paired bootstrap interval, exact McNemar p (0/1 scores only: one seed, one
@@ -188,6 +190,9 @@ def cell_summary(key: tuple, runs: list[dict], n_boot: int, seed: int) -> dict:
         s = uncertainty.across_seeds(per_seed, n_boot=n_boot, seed=seed)
         acc = {"n": len(per_seed[0]), "mean": s["mean"], "lo": s["lo"], "hi": s["hi"], "sd": s["sd"], "seeds": s["seeds"]}
     overall = [r["eval"]["generation"]["overall"] for r in runs]
+    items = seed_averaged_items(runs)  # item keys are "<dataset>/<id>"
+    by_dataset = uncertainty.macro({i: v[0] for i, v in items.items()}, {i: i.split("/", 1)[0] for i in items},
+                                   n_boot=n_boot, seed=seed)
     return {
         **dict(zip(KEY, key)),
         "seeds": acc["seeds"],
@@ -196,6 +201,11 @@ def cell_summary(key: tuple, runs: list[dict], n_boot: int, seed: int) -> dict:
         "accuracy_lo": acc["lo"],
         "accuracy_hi": acc["hi"],
         "accuracy_sd": acc["sd"],
+        # the mean over datasets of each dataset's accuracy (seed-averaged items), bootstrap within datasets
+        "macro_accuracy": by_dataset["macro"],
+        "macro_accuracy_lo": by_dataset["lo"],
+        "macro_accuracy_hi": by_dataset["hi"],
+        "accuracy_by_dataset": by_dataset["groups"],
         "mean_output_tokens": _mean(o.get("mean_output_tokens") for o in overall),
         "median_output_tokens": _mean(o.get("median_output_tokens") for o in overall),
         "mean_reasoning_tokens": _mean(o.get("mean_reasoning_tokens") for o in overall),

@@ -22,15 +22,16 @@ def wilson_by_hand(k, n, z=1.959963984540054):
 
 
 def write_run(root, name, *, variant, correct, tokens, seed=0, teacher="qwen", student="tiny-a", method="lora",
-              train_tokens=1000, train_time_s=100.0, data_path=(), mc=None):
+              train_tokens=1000, train_time_s=100.0, data_path=(), mc=None, datasets=None):
     """A run directory as train + evaluate write it; correct[i] says whether problem i was answered."""
     run = root / name
     (run / "eval").mkdir(parents=True)
     (run / "train_summary.json").write_text(json.dumps({
         "teacher": teacher, "student": student, "method": method, "variant": variant, "seed": seed,
         "train_tokens": train_tokens, "train_time_s": train_time_s, "data_path": list(data_path), "status": "complete"}))
-    samples = [{"id": f"p{i:03d}", "dataset": "arith", "sample": 0, "correct": bool(c), "output_tokens": tokens}
-               for i, c in enumerate(correct)]
+    datasets = datasets or ["arith"] * len(correct)
+    samples = [{"id": f"p{i:03d}", "dataset": d, "sample": 0, "correct": bool(c), "output_tokens": tokens}
+               for i, (c, d) in enumerate(zip(correct, datasets))]
     (run / "eval" / "eval_samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
     overall = {"n": len(correct), "accuracy": float(np.mean(correct)), "mean_output_tokens": float(tokens),
                "median_output_tokens": float(tokens), "mean_reasoning_tokens": float(tokens - 5), "truncation_rate": 0.0}
@@ -142,6 +143,15 @@ def test_efficiency_and_compression_tables(grid, tmp_path):
     lo, hi = wilson_by_hand(31, 100)
     assert ood["task"] == "hellaswag" and float(ood["acc_lo"]) == pytest.approx(lo) and float(ood["acc_hi"]) == pytest.approx(hi)
     assert open(paths["plot"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_macro_average_over_datasets(tmp_path):
+    """150 easy items (all right) and 50 hard ones (none right): pooled 0.75, macro 0.5."""
+    write_run(tmp_path / "runs", "raw", variant="raw", correct=[1] * 150 + [0] * 50, tokens=10,
+              datasets=["easy"] * 150 + ["hard"] * 50)
+    (row,) = rows_of(run_report(tmp_path / "runs", tmp_path / "out"), "main")
+    assert float(row["accuracy"]) == 0.75 and float(row["macro_accuracy"]) == 0.5
+    assert float(row["macro_accuracy_lo"]) <= 0.5 <= float(row["macro_accuracy_hi"])
 
 
 def test_a_repeated_seed_is_named(grid, tmp_path):
