@@ -180,8 +180,9 @@ def _mean(values):
     return statistics.fmean(values) if values else None
 
 
-def cell_summary(key: tuple, runs: list[dict], n_boot: int, seed: int) -> dict:
-    """Accuracy with its interval (seed variation included), lengths and training figures of one cell."""
+def cell_summary(key: tuple, runs: list[dict], items: dict[str, list[float]], n_boot: int, seed: int) -> dict:
+    """Accuracy with its interval (seed variation included), lengths and training figures of one cell;
+    `items`: its seed_averaged_items, keyed "<dataset>/<id>"."""
     per_seed = [{i: v[0] for i, v in r["items"].items()} for r in runs]
     if len(runs) == 1:
         acc = uncertainty.mean_interval(list(per_seed[0].values()), n_boot=n_boot, seed=seed)
@@ -190,7 +191,6 @@ def cell_summary(key: tuple, runs: list[dict], n_boot: int, seed: int) -> dict:
         s = uncertainty.across_seeds(per_seed, n_boot=n_boot, seed=seed)
         acc = {"n": len(per_seed[0]), "mean": s["mean"], "lo": s["lo"], "hi": s["hi"], "sd": s["sd"], "seeds": s["seeds"]}
     overall = [r["eval"]["generation"]["overall"] for r in runs]
-    items = seed_averaged_items(runs)  # item keys are "<dataset>/<id>"
     by_dataset = uncertainty.macro({i: v[0] for i, v in items.items()}, {i: i.split("/", 1)[0] for i in items},
                                    n_boot=n_boot, seed=seed)
     return {
@@ -225,42 +225,51 @@ def seed_averaged_items(runs: list[dict]) -> dict[str, list[float]]:
 # ----------------------------------------------------------------------------- comparisons
 
 
-def compare(a_runs: list[dict], b_runs: list[dict], n_boot: int, seed: int) -> dict:
-    """A minus B on shared items: difference, paired interval, McNemar p where defined, resolved."""
-    a, b = seed_averaged_items(a_runs), seed_averaged_items(b_runs)
+def compressor_of(variant: str, kind: str) -> str | None:
+    """The compressor a variant label of `kind` (compressed | truncated) names: "compressed-llama" (the
+    experiment's label) or "compressed:llama" (its spec) -> "llama"; None for other variants."""
+    for sep in ("-", ":"):
+        if variant.startswith(kind + sep):
+            return variant[len(kind) + 1 :]
+    return None
+
+
+def compare(a: dict[str, list[float]], b: dict[str, list[float]], n_boot: int, seed: int) -> dict:
+    """A minus B on the items both scored (seed_averaged_items of each): difference, paired interval,
+    McNemar p where defined, resolved."""
     return uncertainty.paired({i: v[0] for i, v in a.items()}, {i: v[0] for i, v in b.items()}, n_boot=n_boot, seed=seed)
 
 
-def comparison_rows(cells: dict[tuple, list[dict]], baseline: str, n_boot: int, seed: int) -> tuple[list[dict], list[dict]]:
+def comparison_rows(items: dict[tuple, dict], summaries: dict[tuple, dict], baseline: str, n_boot: int,
+                    seed: int) -> tuple[list[dict], list[dict]]:
     """(each variant vs the baseline, compressed:X vs truncated:X) per teacher/student/method."""
     versus_raw, truncation = [], []
-    for key, runs in cells.items():
+    for key in items:
         row, variant = key[:3], key[3]
-        base = cells.get(row + (baseline,))
-        if variant != baseline and base is not None:
+        base = row + (baseline,)
+        if variant != baseline and base in items:
             versus_raw.append({**dict(zip(ROW, row)), "variant": variant, "against": baseline,
-                               **compare(runs, base, n_boot, seed)})
-        if variant.startswith("compressed-") or variant.startswith("compressed:"):
-            comp = variant.split("-", 1)[1] if variant.startswith("compressed-") else variant.split(":", 1)[1]
-            trunc = next((cells[k] for k in (row + (f"truncated-{comp}",), row + (f"truncated:{comp}",)) if k in cells), None)
-            if trunc is not None:
-                c = compare(runs, trunc, n_boot, seed)
-                tokens = [_mean(r["eval"]["generation"]["overall"].get("mean_output_tokens") for r in x) for x in (runs, trunc)]
-                truncation.append({**dict(zip(ROW, row)), "compressor": comp, "compressed_mean_output_tokens": tokens[0],
-                                   "truncated_mean_output_tokens": tokens[1], **c})
+                               **compare(items[key], items[base], n_boot, seed)})
+        comp = compressor_of(variant, "compressed")
+        trunc = next((k for k in items if k[:3] == row and comp and compressor_of(k[3], "truncated") == comp), None)
+        if trunc is not None:
+            truncation.append({**dict(zip(ROW, row)), "compressor": comp,
+                               "compressed_mean_output_tokens": summaries[key]["mean_output_tokens"],
+                               "truncated_mean_output_tokens": summaries[trunc]["mean_output_tokens"],
+                               **compare(items[key], items[trunc], n_boot, seed)})
     return versus_raw, truncation
 
 
-def efficiency_rows(cells: dict[tuple, list[dict]], summaries: dict[tuple, dict], baseline: str, n_boot: int,
+def efficiency_rows(items: dict[tuple, dict], summaries: dict[tuple, dict], baseline: str, n_boot: int,
                     seed: int) -> list[dict]:
     """Training and inference gains against the baseline (definitions in the module docstring)."""
     rows = []
-    for key, runs in cells.items():
+    for key in items:
         base_key = key[:3] + (baseline,)
-        if key[3] == baseline or base_key not in cells:
+        if key[3] == baseline or base_key not in items:
             continue
         s, raw = summaries[key], summaries[base_key]
-        a, b = seed_averaged_items(runs), seed_averaged_items(cells[base_key])
+        a, b = items[key], items[base_key]
         retention = uncertainty.paired_statistic(a, b, lambda x, y: x[0] / y[0], n_boot=n_boot, seed=seed)
         efficiency = uncertainty.paired_statistic(a, b, lambda x, y: (x[0] / x[1]) / (y[0] / y[1]), n_boot=n_boot, seed=seed)
         rows.append({
@@ -289,10 +298,9 @@ def compression_rows(cells: dict[tuple, list[dict]], summaries: dict[tuple, dict
     compressed runs' data folder) and the training-token ratio against raw over every run using it."""
     stage_summaries, token_ratios = {}, defaultdict(list)
     for key, runs in cells.items():
-        variant = key[3]
-        if not variant.startswith("compressed"):
+        comp = compressor_of(key[3], "compressed")
+        if comp is None:
             continue
-        comp = variant.replace(":", "-").split("-", 1)[1]
         for r in runs:
             for folder in r["train"].get("data_path") or ():
                 path = Path(folder) / "summary.json"
@@ -468,16 +476,17 @@ def plot(summaries: list[dict], path: Path) -> Path:
 def build(runs: list[dict], baseline: str = "raw", n_boot: int = uncertainty.N_BOOT, seed: int = 0) -> dict:
     """Every table's rows (numbers, not text) from collected runs."""
     cells = group_cells(runs)
-    summaries = {key: cell_summary(key, r, n_boot, seed) for key, r in cells.items()}
     order = lambda key: (key[:3], key[3] != baseline, key[3])  # noqa: E731  the baseline first in each row
     cells = {key: cells[key] for key in sorted(cells, key=order)}
-    versus_raw, truncation = comparison_rows(cells, baseline, n_boot, seed)
+    items = {key: seed_averaged_items(r) for key, r in cells.items()}
+    summaries = {key: cell_summary(key, r, items[key], n_boot, seed) for key, r in cells.items()}
+    versus_raw, truncation = comparison_rows(items, summaries, baseline, n_boot, seed)
     return {
         "cells": [summaries[key] for key in cells],
         "variants": list(dict.fromkeys(key[3] for key in sorted(cells, key=lambda k: (k[3] != baseline, k[3])))),
         "comparisons": versus_raw,
         "truncation": truncation,
-        "efficiency": efficiency_rows(cells, summaries, baseline, n_boot, seed),
+        "efficiency": efficiency_rows(items, summaries, baseline, n_boot, seed),
         "compression": compression_rows(cells, summaries, baseline),
         "ood": ood_rows(cells),
     }
