@@ -128,15 +128,11 @@ def test_mask_is_exactly_the_assistant_turn(family, trace):
         assert tok.decode(ids[:first]).endswith("User: " + Q + "\n\nAssistant:\n")
 
 
-def test_mask_under_a_real_instruct_tokenizer():
+def test_mask_under_a_real_instruct_tokenizer(smollm2):
     """SmolLM2-135M-Instruct's own tokenizer and ChatML template (with its default system prompt)."""
     from transformers import AutoTokenizer
 
-    try:
-        folder = hf_tiny.smollm2_dir()
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
-    tok = AutoTokenizer.from_pretrained(folder)
+    tok = AutoTokenizer.from_pretrained(smollm2)
     ids, mask = data.ChatFormat(tok, data.data_config()).encode(Q, TRACE, ANSWER, "test")
     assert tok.decode(ids[mask == 1]) == data.think_block(TRACE, ANSWER) + "<|im_end|>"
     assert tok.decode(ids[mask == 0]).endswith("<|im_start|>user\n" + Q + "<|im_end|>\n<|im_start|>assistant\n")

@@ -79,14 +79,6 @@ def offline(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    try:
-        return hf_tiny.smollm2_dir()
-    except FileNotFoundError as e:
-        pytest.skip(f"SmolLM2 weights unavailable: {e}")
-
-
-@pytest.fixture(scope="module")
 def task_manager(offline):
     from lm_eval.tasks import TaskManager
 

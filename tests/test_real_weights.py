@@ -3,18 +3,8 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
-import hf_tiny
 from jax_distill.models import from_pretrained
-
-
-@pytest.fixture(scope="session")
-def smollm2():
-    try:
-        return hf_tiny.smollm2_dir()
-    except FileNotFoundError as e:
-        pytest.skip(f"SmolLM2 weights unavailable: {e}")
 
 
 def test_smollm2_logits_match_transformers(smollm2):

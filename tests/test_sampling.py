@@ -86,11 +86,8 @@ def test_greedy_matches_transformers(family, tokenizer, tmp_path):
     assert out.texts == [tokenizer.decode(t, skip_special_tokens=False) for t in theirs]
 
 
-def test_smollm2_greedy_chat_matches_transformers():
-    try:
-        folder = hf_tiny.smollm2_dir()
-    except FileNotFoundError as e:
-        pytest.skip(f"SmolLM2 weights unavailable: {e}")
+def test_smollm2_greedy_chat_matches_transformers(smollm2):
+    folder = smollm2
     import transformers
 
     tok = transformers.AutoTokenizer.from_pretrained(folder)
