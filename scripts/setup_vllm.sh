@@ -20,4 +20,6 @@ fi
 # jax_distill without its JAX/training dependencies: only what engines/, problems/ and traces/ import.
 "$VENV/bin/python" -m pip install -q --no-deps -e .
 "$VENV/bin/python" -m pip install -q ml-collections absl-py "math-verify>=0.9.0" pyarrow tqdm pytest
+# Ray: the trace stages' Ray dispatch runs one vLLM engine per actor (same version as in .venv).
+"$VENV/bin/python" -m pip install -q "ray==2.60.0"
 "$VENV/bin/python" -c "import vllm, jax_distill.engines.vllm_engine; print('vllm', vllm.__version__, 'ok')"
