@@ -23,6 +23,21 @@ CASES = [
     ("\\boxed{2^3}", "8"),
     ("\\boxed{2^{10}}", "1024"),
     ("we get 7 and then 9\nSo she has 42 apples now.", "42"),  # no phrase: the last line's last number
+    ("\\boxed{12 \\text{ apples per } 2 \\text{ days}}", "12"),  # a box, too, holds the answer first
+    ("\\boxed{12, 13}", "12"),
+    ("The answer is 7 - 3 = 4 apples per 2 days.", "4"),  # a worked equation: its result
+    ("\\boxed{7-3=4}", "4"),
+    ("The answer is 12 = 3 * 4.", "12"),  # one number before "=": that number
+    ("The answer is 12. Check: 3 + 8 = 11", "12"),  # only the phrase's first clause
+    ("The answer is 3 1/2 cups", "7/2"),  # mixed numbers
+    ("\\boxed{3\\frac{1}{2}}", "7/2"),
+    ("\\boxed{-2\\frac{1}{4}}", "-9/4"),
+    ("The answer is 12, 1/2", "12"),  # not a mixed number
+    ("The answer is -\\$5 per day", "-5"),  # a sign before the currency
+    ("\\boxed{-\\$5}", "-5"),
+    ("the answer is COVID-19", "19"),  # a hyphen after a word is no minus sign
+    ("\\boxed{5 \\times 10^3}", "5000"),  # scientific notation
+    ("the answer is 1.5 \\times 10^{-2} m", "3/200"),
 ]
 
 
@@ -32,7 +47,8 @@ def test_number_extraction(text, want):
 
 
 def test_latex_numerals_are_checked_as_numbers():
-    golds = ["8", "8", "0.75", "1000", "-0.5"]
+    golds = ["8", "8", "0.75", "1000", "-0.5", "3.5", "5000"]
     preds = [extract_answer(t, "number") for t in
-             ("\\boxed{\\frac{16}{2}}", "\\boxed{2^3}", "\\boxed{\\dfrac{3}{4}}", "\\boxed{1{,}000}", "$\\boxed{-\\frac{1}{2}}$")]
-    assert check_answers([(p, g, "number") for p, g in zip(preds, golds)]) == [True] * 5
+             ("\\boxed{\\frac{16}{2}}", "\\boxed{2^3}", "\\boxed{\\dfrac{3}{4}}", "\\boxed{1{,}000}", "$\\boxed{-\\frac{1}{2}}$",
+              "The answer is 3 1/2 hours.", "\\boxed{5 \\times 10^3}")]
+    assert check_answers([(p, g, "number") for p, g in zip(preds, golds)], timeout_s=30) == [True] * 7

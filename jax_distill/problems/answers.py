@@ -22,19 +22,23 @@ ANSWER_TYPES = ("number", "latex", "choice")
 _ANSWER_IS = re.compile(
     r"(?:the\s+(?:final\s+)?answer\s+is|final\s+answer\s*(?:is)?\s*[:=]?|answer\s*:)\s*(.+)", re.IGNORECASE
 )
-# A number as written in an answer: a LaTeX fraction, a power, or a decimal with optional thousands
-# separators and an optional "/q" (one alternation, so the first / last numeral of a text is one match).
+# A number as written in an answer: a LaTeX fraction, a power, scientific notation, or a decimal with
+# optional thousands separators and an optional "/q" (one alternation, so each numeral is one match). A
+# minus sign counts when nothing word-like precedes it ("7-3" is 7 and 3, "COVID-19" is 19) and may
+# stand before a currency sign ("-\$5", "-$5").
 _DECIMAL = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+"
 _NUMERAL = re.compile(
-    rf"(?P<sign>-\s*)?(?:"
+    rf"(?P<sign>(?<![\w)}}])-\s*(?:\\?\$\s*)?)?(?:"
     rf"\\[dt]?frac\s*\{{\s*(?P<num>-?(?:{_DECIMAL}))\s*\}}\s*\{{\s*(?P<den>-?(?:{_DECIMAL}))\s*\}}"
     rf"|\\[dt]?frac\s*(?P<num1>\d)(?P<den1>\d)"  # \frac12
+    rf"|(?P<mant>{_DECIMAL})\s*(?:\\times|\\cdot|×)\s*10\s*\^\s*(?:\{{\s*(?P<exp10>-?\d+)\s*\}}|(?P<exp10_1>\d))"
     rf"|(?P<base>{_DECIMAL})\s*\^\s*(?:\{{\s*(?P<exp>-?\d+)\s*\}}|(?P<exp1>\d))"
     rf"|(?P<p>{_DECIMAL})(?:\s*/\s*(?P<q>\d+))?"
     rf")"
 )
 _LATEX_SPACING = re.compile(r"\\[,!;: ]|\{,\}")  # thin spaces and {,} thousands separators
 _PLAIN_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_CLAUSE_END = re.compile(r"\.(?:\s|$)|[;\n]")  # a sentence ends at ". ", ";" or a line break
 _CHOICE = re.compile(r"^\(?\s*([A-J])\s*\)?(?:[.:)\s]|$)")
 
 
@@ -74,16 +78,44 @@ def _numeral_value(m: re.Match) -> Fraction | None:
             value = dec(g["num"]) / dec(g["den"])
         elif g["num1"] is not None:
             value = Fraction(int(g["num1"]), int(g["den1"]))
-        elif g["base"] is not None:
-            exp = int(g["exp"] if g["exp"] is not None else g["exp1"])
+        elif g["mant"] is not None or g["base"] is not None:
+            exp = int(next(g[k] for k in ("exp10", "exp10_1", "exp", "exp1") if g[k] is not None))
             if abs(exp) > 64:  # not a numeral anyone writes as an answer; leave it to math-verify
                 return None
-            value = dec(g["base"]) ** exp
+            value = dec(g["mant"]) * Fraction(10) ** exp if g["mant"] is not None else dec(g["base"]) ** exp
         else:
             value = dec(g["p"]) / (int(g["q"]) if g["q"] else 1)
     except ZeroDivisionError:
         return None
     return -value if g["sign"] else value
+
+
+def _is_proper_fraction(m: re.Match, value: Fraction) -> bool:
+    g = m.groupdict()
+    written = g["num"] is not None or g["num1"] is not None or g["q"] is not None
+    return written and not g["sign"] and 0 < value < 1
+
+
+def _numerals(text: str) -> list[tuple[Fraction, str, int, int]]:
+    """(value, as written, start, end) of every numeral in `text`; a whole number directly followed by a
+    proper fraction is one mixed number ("3 1/2", "3\\frac{1}{2}" -> 7/2)."""
+    found = [(m, v) for m in _NUMERAL.finditer(text) if (v := _numeral_value(m)) is not None]
+    out: list[tuple[Fraction, str, int, int]] = []
+    i = 0
+    while i < len(found):
+        m, value = found[i]
+        start, end = m.span()
+        if i + 1 < len(found) and value.denominator == 1 and m.group("p") is not None and m.group("q") is None:
+            m2, frac = found[i + 1]
+            gap = text[end : m2.start()]
+            if _is_proper_fraction(m2, frac) and (gap.strip() == "" and (gap or m2.group(0).startswith("\\"))):
+                value = value - frac if value < 0 else value + frac
+                out.append((value, text[start : m2.end()], start, m2.end()))
+                i += 2
+                continue
+        out.append((value, m.group(0), start, end))
+        i += 1
+    return out
 
 
 def _format_number(value: Fraction, written: str) -> str:
@@ -96,15 +128,28 @@ def _format_number(value: Fraction, written: str) -> str:
     return f"{value.numerator}/{value.denominator}"
 
 
+def _normal_numerals(candidate: str) -> str:
+    return _LATEX_SPACING.sub(lambda m: "," if m.group(0) == "{,}" else "", candidate).replace("\u2212", "-")
+
+
 def _as_number(candidate: str, which: str = "last") -> str | None:
-    """The first or last numeral of `candidate`, evaluated: "\\frac{16}{2}" -> "8", "2^3" -> "8",
-    "1{,}000" -> "1000", "\\dfrac{3}{4}" -> "3/4", "-3.5" -> "-3.5"; None when there is none."""
-    text = _LATEX_SPACING.sub(lambda m: "," if m.group(0) == "{,}" else "", candidate).replace("\u2212", "-")
-    matches = [m for m in _NUMERAL.finditer(text) if _numeral_value(m) is not None]
-    if not matches:
+    """The last numeral of `candidate` (which="last"), or the number it introduces (which="first"), evaluated:
+    "\\frac{16}{2}" -> "8", "2^3" -> "8", "1{,}000" -> "1000", "\\dfrac{3}{4}" -> "3/4", "-3.5" -> "-3.5";
+    None when there is none. The number a phrase introduces is its first numeral ("12 apples per 2 days"
+    -> 12), unless its first clause is a worked equation ("7 - 3 = 4 apples", two numerals before "="),
+    whose result after the last "=" is the answer."""
+    text = _normal_numerals(candidate)
+    if which == "first":
+        clause = _CLAUSE_END.split(text, 1)[0]
+        if "=" in clause and len(_numerals(clause.split("=", 1)[0])) >= 2:
+            after = _numerals(clause.rsplit("=", 1)[1])
+            if after:
+                return _format_number(after[0][0], after[0][1])
+    numerals = _numerals(text)
+    if not numerals:
         return None
-    m = matches[0] if which == "first" else matches[-1]
-    return _format_number(_numeral_value(m), m.group(0))
+    value, written, _, _ = numerals[0] if which == "first" else numerals[-1]
+    return _format_number(value, written)
 
 
 def _as_choice(candidate: str) -> str | None:
@@ -122,7 +167,8 @@ def _extract(text: str, answer_type: str) -> str | None:
     convert = {"number": _as_number, "choice": _as_choice, "latex": lambda s: _clean(s) or None}[answer_type]
     boxed = last_boxed(text)
     if boxed is not None:
-        got = convert(boxed)
+        # a box holds the answer first: \boxed{12 \text{ apples per } 2 \text{ days}} is 12
+        got = _as_number(boxed, "first") if answer_type == "number" else convert(boxed)
         if got is not None:
             return got
     phrases = _ANSWER_IS.findall(text)
