@@ -38,7 +38,7 @@ from jax_distill.traces import store
 from jax_distill.traces.stats import StudentTokens, compression_table, format_table
 
 POLICIES = ("keep_raw", "drop", "retry")
-KINDS = ("extractive", "engine")
+KINDS = ("extractive", "engine", "shortest_correct", "post_think")  # the last two: traces/select.py
 ATTEMPT_SEED_STRIDE = 1000003  # retry attempt a samples with seed + stride * a
 
 # The paper's gist: a shorter reasoning keeping the essential logical steps, key insights and the answer.
@@ -58,7 +58,7 @@ def default_config() -> ConfigDict:
     c.in_dir = "runs/traces/raw"  # generate stage output (raw records)
     c.out_dir = "runs/traces/compressed-extractive"
     c.compressor = ConfigDict(dict(
-        kind="extractive",  # extractive (model-free baseline) | engine
+        kind="extractive",  # extractive (model-free baseline) | engine | shortest_correct | post_think (select.py)
         name="",  # label in records and tables ("" = kind or model folder name)
         engine=engines.default_config(),  # used when kind=engine
         template=DEFAULT_TEMPLATE,  # user turn; {question}, {trace}, {answer} are filled in
@@ -74,7 +74,9 @@ def default_config() -> ConfigDict:
     c.verify_timeout_s = 5.0  # per answer check (math-verify)
     c.chunk_size = 64  # records per atomically written chunk
     c.shard = "0/1"  # "i/n": this host's share of the records (by id hash)
-    c.student_tokenizer = ""  # HF tokenizer folder for rho in student tokens
+    # HF tokenizer folder for rho in student tokens (meta.student_tokenizer names it); one tokenizer only, so
+    # these counts are no length budget for other students (truncate recounts in each student's own)
+    c.student_tokenizer = ""
     c.strict = False  # a bad input row raises (naming file:line and field) instead of a counted skip
     return c
 
@@ -257,14 +259,14 @@ def process_chunk(raws: list[dict], compressor: Compressor, config, student: Stu
 
 
 def _record(raw: dict, text: str, compressor: Compressor, student: StudentTokens, attempts: int, failure: str) -> dict:
-    raw_tokens = raw["meta"].get("student_tokens")
-    if raw_tokens is None and student:
-        raw_tokens = student.count(raw["trace"])
+    # both counts in this stage's tokenizer (named in the meta): the raw record's own count may come from
+    # another tokenizer (generate's student_tokenizer), and a ratio of two tokenizers means nothing
+    raw_tokens = student.count(raw["trace"])
     tokens = student.count(text)
     meta = {
         "stage": "compress", "time": time.time(), "source_id": raw["id"], "compressor": compressor.name,
         "raw_chars": len(raw["trace"]), "rho_chars": len(text) / max(len(raw["trace"]), 1),
-        "student_tokens": tokens, "raw_student_tokens": raw_tokens,
+        "student_tokens": tokens, "raw_student_tokens": raw_tokens, "student_tokenizer": student.path,
         "rho_tokens": tokens / raw_tokens if tokens is not None and raw_tokens else None,
         "attempts": attempts, "teacher": {k: raw["meta"].get(k) for k in ("engine", "model")},
     }
@@ -277,6 +279,10 @@ def _record(raw: dict, text: str, compressor: Compressor, student: StudentTokens
 def run(config: ConfigDict, engine=None) -> dict:
     """Compress this shard's raw records; resumable. `engine` overrides config.compressor.engine."""
     validate(config)
+    if config.compressor.kind in ("shortest_correct", "post_think"):  # choose or cut the teacher's own text
+        from jax_distill.traces import select
+
+        return select.run(config)
     student = StudentTokens(config.student_tokenizer)
     compressor = functools.cache(lambda: Compressor(config.compressor, engine))  # a model loads only for work
     bad = []

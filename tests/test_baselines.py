@@ -1,0 +1,143 @@
+"""The free baselines of the compress stage (traces/select.py): shortest_correct picks the shortest
+verified sample of each question, post_think keeps the teacher's visible text on think and harmony
+records, and the gpt-oss effort presets render harmony prompts at the asked reasoning effort."""
+
+import json
+import statistics
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from hf_tiny import tokenizer_dir
+
+from jax_distill.cli import config_file, load_config
+from jax_distill.engines.reasoning import make_completion
+from jax_distill.problems import synthetic
+from jax_distill.traces import compress, generate, store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def compress_cfg(in_dir, out_dir, kind, **overrides):
+    return load_config(str(ROOT / "configs/traces/compress.py"),
+                       {"in_dir": str(in_dir), "out_dir": str(out_dir), "compressor.kind": kind, **overrides})
+
+
+def test_shortest_correct_picks_the_shortest_verified_sample(tmp_path):
+    tok = str(tokenizer_dir())
+    raw_dir = tmp_path / "raw"
+    generate.run(load_config(str(ROOT / "configs/traces/generate.py"), {
+        "out_dir": str(raw_dir), "problems.synthetic.num": 30, "sampling.n": 4, "chunk_size": 8,
+        "engine.procedural.wrong_rate": 0.3, "student_tokenizer": tok}))
+    raws = list(store.read_records(str(raw_dir)))
+    by_question = {}
+    for r in raws:
+        by_question.setdefault(r["problem_id"], []).append(r)
+    assert any(len(v) >= 3 for v in by_question.values())  # several verified samples to choose from
+
+    out = tmp_path / "shortest"
+    summary = compress.run(compress_cfg(raw_dir, out, "shortest_correct", student_tokenizer=tok, chunk_size=5))
+    total = summary["total"]
+    assert summary["balanced"] and total["inputs"] == len(raws) and total["questions"] == len(by_question)
+    assert total["compressed"] == len(by_question) and total["not_chosen"] == len(raws) - len(by_question)
+    got = {r["problem_id"]: r for r in store.read_records(str(out))}
+    assert set(got) == set(by_question)
+    for pid, samples in by_question.items():
+        rec, meta = got[pid], got[pid]["meta"]
+        shortest = min(len(s["trace"]) for s in samples)
+        expect = min(s["id"] for s in samples if len(s["trace"]) == shortest)  # ties: the smaller id
+        assert rec["id"] == f"{expect}/compressed" and meta["source_id"] == meta["chosen"] == expect
+        assert rec["variant"] == "compressed" and meta["compressor"] == "shortest_correct"
+        chosen = next(s for s in samples if s["id"] == expect)
+        assert rec["trace"] == chosen["trace"] and rec["answer"] == chosen["answer"]
+        assert meta["sample_index"] == int(expect.rsplit("/s", 1)[1]) and meta["drawn"] == 4
+        assert meta["candidates"] == len(samples) and meta["candidate_ids"] == sorted(s["id"] for s in samples)
+        # rho against what raw training spends on the question: the mean over all its verified samples
+        mean_chars = statistics.fmean(len(s["trace"]) for s in samples)
+        assert meta["rho_chars"] == pytest.approx(shortest / mean_chars) and meta["rho_chars"] <= 1
+        mean_tokens = statistics.fmean(s["meta"]["student_tokens"] for s in samples)
+        assert meta["rho_tokens"] == pytest.approx(chosen["meta"]["student_tokens"] / mean_tokens)
+    assert summary["table"][0]["compressor"] == "shortest_correct"
+    again = compress.run(compress_cfg(raw_dir, out, "shortest_correct", student_tokenizer=tok, chunk_size=5))
+    assert again["this_run"] == {}  # resumes: every question finished
+
+
+def raw_record(problem, k, completion):
+    meta = {"stage": "generate", "engine": "test", "model": "m", "sampling": {"n": 1}, "correct": True}
+    return store.make_record(id=f"{problem.id}/s{k}", problem=problem, answer=completion.answer_text.strip(),
+                             trace=completion.reasoning.strip(), variant="raw", meta=meta)
+
+
+def write_raw(folder, records):
+    store.write_chunk(str(folder), "generate-shard000of001", 0, records, [],
+                      {"stage": "generate", "ids": [r["problem_id"] for r in records], "counts": {}})
+
+
+LONG = "Let me think. " * 30
+
+
+def test_post_think_on_think_and_harmony_records(tmp_path):
+    p = synthetic.generate(4, seed=3, steps=2)
+    gold = [x.gold for x in p]
+    texts = [
+        # think style (Qwen3 / R1): the visible text after </think> restates the solution in a few lines
+        (f"<think>\n{LONG}\n</think>\n\nFirst we combine the two amounts.\nThat gives {gold[0]}.\n"
+         f"The answer is \\boxed{{{gold[0]}}}.", "think"),
+        # harmony (gpt-oss): the final channel, one line of sentences
+        (f"<|channel|>analysis<|message|>{LONG}<|end|><|start|>assistant<|channel|>final<|message|>"
+         f"We add the numbers step by step. So the result is {gold[1]}.<|return|>", "harmony"),
+        # no reasoning beyond the answer: only a restatement, or only the answer
+        (f"<think>\n{LONG}\n</think>\n\nTom has {gold[2]} apples now. The answer is \\boxed{{{gold[2]}}}.", "think"),
+        (f"<|channel|>analysis<|message|>{LONG}<|end|><|start|>assistant<|channel|>final<|message|>"
+         f"The answer is {gold[3]}.<|return|>", "harmony"),
+    ]
+    raws = [raw_record(problem, 0, make_completion(text, style, 5, 50, "stop")) for problem, (text, style) in zip(p, texts)]
+    assert all(r["trace"].startswith("Let me think.") for r in raws)  # the reasoning block was split off
+    raw_dir = tmp_path / "raw"
+    write_raw(raw_dir, raws)
+    out = tmp_path / "post_think"
+    summary = compress.run(compress_cfg(raw_dir, out, "post_think", policy="drop"))
+    total = summary["total"]
+    assert summary["balanced"] and total["compressed"] == 2 and total["dropped"] == 2
+    assert total["failures"] == {"restates_answer": 1, "no_reasoning": 1}
+    got = {r["meta"]["source_id"]: r for r in store.read_records(str(out))}
+    think, harmony = got[raws[0]["id"]], got[raws[1]["id"]]
+    assert think["trace"] == f"First we combine the two amounts.\nThat gives {gold[0]}.\nThe answer is \\boxed{{{gold[0]}}}."
+    assert think["answer"] == f"The answer is \\boxed{{{gold[0]}}}." and think["meta"]["compressor"] == "post_think"
+    assert harmony["trace"] == f"We add the numbers step by step.\nSo the result is {gold[1]}."
+    assert harmony["answer"] == f"So the result is {gold[1]}."
+    assert harmony["meta"]["rho_chars"] == pytest.approx(len(harmony["trace"]) / len(raws[1]["trace"]))
+    reasons = {e["id"]: e["reason"] for e in store.read_errors(str(out))}
+    assert reasons == {raws[2]["id"]: "restates_answer", raws[3]["id"]: "no_reasoning"}
+    # keep_raw: the two without visible reasoning fall back to their raw trace, marked
+    kept = compress.run(compress_cfg(raw_dir, tmp_path / "keep", "post_think"))
+    assert kept["total"]["fallback_raw"] == 2 and kept["balanced"]
+
+
+def test_post_think_on_the_procedural_teacher_counts_restatements(tmp_path):
+    raw_dir = tmp_path / "raw"
+    generate.run(load_config(str(ROOT / "configs/traces/generate.py"), {
+        "out_dir": str(raw_dir), "problems.synthetic.num": 10, "sampling.n": 1}))
+    summary = compress.run(compress_cfg(raw_dir, tmp_path / "pt", "post_think", policy="drop"))
+    # "Tom has 7 apples now. The answer is \boxed{7}.": the visible text only restates the answer
+    assert summary["total"]["failures"] == {"restates_answer": summary["total"]["inputs"]}
+
+
+@pytest.mark.parametrize("effort", ["low", "medium", "high"])
+def test_gpt_oss_effort_presets_render_the_reasoning_effort(effort):
+    from test_data import tokenizer_for
+
+    from jax_distill.engines.vllm_engine import VllmEngine
+
+    preset = "gptoss_vllm" if effort == "high" else f"gptoss_vllm,effort={effort}"
+    cfg = config_file(f"{ROOT}/configs/traces/generate.py:{preset}")
+    generate.validate(cfg)
+    assert cfg.engine.reasoning == "harmony"
+    tok = tokenizer_for("harmony")
+    messages = generate.messages_for(synthetic.generate(1, seed=0)[0], cfg.prompt)
+    # the vLLM engine's own render (chat template + engine.chat_template_kwargs), without loading a model
+    engine = SimpleNamespace(tokenizer=tok, chat_kwargs=json.loads(cfg.engine.chat_template_kwargs))
+    prompt = tok.decode(VllmEngine.render(engine, messages))
+    assert f"Reasoning: {effort}\n" in prompt and prompt.endswith("<|start|>assistant")
+    with pytest.raises(ValueError, match="effort"):
+        config_file(f"{ROOT}/configs/traces/generate.py:gptoss_vllm,effort=max")
