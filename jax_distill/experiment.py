@@ -320,7 +320,7 @@ class Runner:
         """Truncated (per compressor) and answer-only records a cell trains on, in its student's tokens."""
         from jax_distill.traces import truncate
 
-        out = {}
+        out, budgets = {}, []
         wanted = dict.fromkeys((c.teacher, c.student, c.variant) for c in self.cells
                                if c.variant == "answer_only" or c.variant.startswith("truncated:"))
         for teacher, student, variant in wanted:
@@ -331,9 +331,21 @@ class Runner:
             else:
                 comp = variant.partition(":")[2]
                 d, fields = base / f"truncated-{comp}", dict(compressed_dir=str(trace_dirs[teacher][comp]), variants="truncated")
+            # budget and cut in this student's own tokenizer (the compress stage counted in one tokenizer only)
             cfg = _derive(self.config.truncate, raw_dir=raw, out_dir=str(d), student_tokenizer=str(students[student]), **fields)
-            self.stage("truncate", cfg, d, truncate.run)
+            summary = self.stage("truncate", cfg, d, truncate.run)
+            if summary and variant != "answer_only":
+                budgets.append({"teacher": teacher, "student": student, "variant": variant,
+                                "truncated": summary["total"].get("truncated", 0),
+                                "within_budget": summary["total"].get("within_budget", 0),
+                                "mean_budget_tokens": summary["mean_budget_tokens"],
+                                "mean_truncated_tokens": summary["mean_truncated_tokens"]})
             out[(teacher, student, variant)] = d
+        if budgets:
+            from jax_distill.records import markdown_table
+
+            print("length-matched truncation, per student (mean budget vs mean truncated length, its own tokens)\n"
+                  + markdown_table(budgets, list(budgets[0])), flush=True)
         return out
 
     # ------------------------------------------------------------------------- grid
@@ -421,7 +433,9 @@ class Runner:
         if data.is_dir() and any(data.glob("*.done.json")):
             total = 0.0
             for r in read_records(str(data)):
-                trace = r["meta"].get("student_tokens")
+                # a count in another tokenizer (e.g. compress counts in the first student's) is no count here
+                same = r["meta"].get("student_tokenizer") in (None, str(train_cfg.model.path))
+                trace = r["meta"].get("student_tokens") if same else None
                 total += (trace if trace is not None else len(r["trace"]) / cpt) + (len(r["question"]) + len(r["answer"])) / cpt
             return total * epochs, "traces"
         teacher = self.config.teachers[cell.teacher]

@@ -130,6 +130,42 @@ def test_generate_compress_truncate_end_to_end(tmp_path, capsys):
     assert again["this_run"] == {} and sorted(glob.glob(str(comp_dir / "*.jsonl"))) == before
 
 
+def test_truncation_budget_is_counted_in_each_students_own_tokens(tmp_path, capsys):
+    """The paper grid's case: compress counts student tokens once (the first student's tokenizer), then
+    every student's length-matched truncation must still match the compressed twin in ITS tokens."""
+    from transformers import AutoTokenizer
+
+    first, other = str(tokenizer_dir()), str(tokenizer_dir(300))  # 300: few merges, far more tokens per text
+    raw_dir, comp_dir = tmp_path / "raw", tmp_path / "comp"
+    generate.run(gen_cfg(raw_dir, **{"problems.synthetic.num": 16, "sampling.n": 1}))
+    compress.run(load_config(str(ROOT / "configs/traces/compress.py"),
+                             {"in_dir": str(raw_dir), "out_dir": str(comp_dir), "student_tokenizer": first}))
+    comps = {r["meta"]["source_id"]: r for r in store.read_records(str(comp_dir))}
+    assert all(c["meta"]["student_tokenizer"] == first for c in comps.values())
+    means = {}
+    for tok in (other, first):  # the other student first: its budget is the one today's code got wrong
+        student = AutoTokenizer.from_pretrained(tok)
+        ntok = lambda s: len(student(s, add_special_tokens=False)["input_ids"])  # noqa: E731
+        out = tmp_path / f"trunc-{Path(tok).name}"
+        summary = truncate.run(load_config(str(ROOT / "configs/traces/truncate.py"), {
+            "raw_dir": str(raw_dir), "compressed_dir": str(comp_dir), "out_dir": str(out), "variants": "truncated",
+            "student_tokenizer": tok}))
+        assert summary["total"]["truncated"] == len(comps) > 0  # every raw trace is longer than its compressed twin
+        budgets, lengths = [], []
+        for t in store.read_records(str(out)):
+            budget, n = ntok(comps[t["meta"]["source_id"]]["trace"]), ntok(t["trace"])
+            assert t["meta"]["budget_tokens"] == budget and t["meta"]["student_tokens"] == n
+            assert budget - 1 <= n <= budget, (tok, budget, n)  # within one token at the cut
+            budgets.append(budget), lengths.append(n)
+        assert summary["mean_budget_tokens"] == pytest.approx(sum(budgets) / len(budgets), abs=1e-3)
+        assert summary["mean_truncated_tokens"] == pytest.approx(sum(lengths) / len(lengths), abs=1e-3)
+        assert summary["student_tokenizer"] == tok
+        printed = capsys.readouterr().out
+        assert f"budget vs truncated (mean {tok} tokens): {summary['mean_budget_tokens']} vs " in printed
+        means[tok] = summary["mean_budget_tokens"]
+    assert means[other] > 1.2 * means[first]  # the tokenizers differ, so must the budgets
+
+
 def test_generate_kill_and_resume(tmp_path):
     out, ref = tmp_path / "killed", tmp_path / "reference"
     # through the CLI entry point (absl flags, nested overrides), SIGKILLed by its driver at a known point:

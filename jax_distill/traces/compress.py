@@ -21,7 +21,6 @@ rho = chars(compressed) / chars(raw) per example, and the same ratio in student 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import re
@@ -34,7 +33,7 @@ from jax_distill import checks, engines
 from jax_distill.engines.base import SamplingParams
 from jax_distill.problems import check_answers, extract_answer
 from jax_distill.sampling_params import sampling_config, validate_sampling
-from jax_distill.traces import store
+from jax_distill.traces import dispatch, store
 from jax_distill.traces.stats import StudentTokens, compression_table, format_table
 
 POLICIES = ("keep_raw", "drop", "retry")
@@ -78,6 +77,7 @@ def default_config() -> ConfigDict:
     # these counts are no length budget for other students (truncate recounts in each student's own)
     c.student_tokenizer = ""
     c.strict = False  # a bad input row raises (naming file:line and field) instead of a counted skip
+    c.dispatch = dispatch.default_config()  # where chunks run: here, or Ray actors each holding one engine
     return c
 
 
@@ -103,6 +103,7 @@ def validate(config: ConfigDict) -> None:
     checks.is_type(config, "require_answer", bool)
     checks.is_type(config, "strict", bool)
     checks.positive(config, "verify_timeout_s")
+    dispatch.validate(config, "dispatch")
 
 
 _EQUATION = re.compile(r"(-?\d+(?:\.\d+)?(?:\s*[-+*/×x]\s*-?\d+(?:\.\d+)?)+)\s*=\s*(-?\d+(?:\.\d+)?)")
@@ -284,7 +285,7 @@ def run(config: ConfigDict, engine=None) -> dict:
 
         return select.run(config)
     student = StudentTokens(config.student_tokenizer)
-    compressor = functools.cache(lambda: Compressor(config.compressor, engine))  # a model loads only for work
+    compressor = dispatch.Lazy(lambda: Compressor(config.compressor, engine))  # a model loads only where chunks run
     bad = []
     # locations: each chunk reads only its own records; bad rows are items too (counted, never processed)
     items = store.index_records(config.in_dir, variant="raw", skip=None if config.strict else bad.append)
@@ -294,6 +295,7 @@ def run(config: ConfigDict, engine=None) -> dict:
         unit="traces", balance=("inputs", ("compressed", "fallback_raw", "dropped", "errors")),
         provenance=lambda: {"compressor": compressor().name},
         summarize=lambda total: {"in_dir": config.in_dir, "table": compression_table(store.read_records(config.out_dir))},
+        dispatch=dispatch.make(config.dispatch, config.compressor.engine if config.compressor.kind == "engine" else None),
     )
     store.atomic_write(os.path.join(config.out_dir, "summary.md"), format_table(summary["table"]) + "\n")
     print("compress: " + json.dumps(summary["total"]) + "\n" + format_table(summary["table"]), flush=True)

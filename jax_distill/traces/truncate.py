@@ -2,8 +2,10 @@
 
 `python -m jax_distill.traces.truncate --config configs/traces/truncate.py` or `run(config)`.
   truncated    per compressed record: its raw twin's trace cut to the compressed trace's length in
-               STUDENT tokens (cut at a token boundary, backing off while a re-tokenized prefix would
-               exceed the budget), answer kept. The think block is closed by the chat format
+               THIS STUDENT's tokens (`student_tokenizer`; the budget is always recounted here, never
+               taken from the compress stage's `student_tokens`, which another student's tokenizer may
+               have counted), cut at a token boundary, backing off while a re-tokenized prefix would
+               exceed the budget, answer kept. The think block is closed by the chat format
                (store.py: "<think>" trace "</think>" answer), so a cut trace never leaves it open.
   answer_only  per raw record: empty trace, same answer (the empty-think-block run).
 One compressor per compressed directory (record ids are "{raw id}/truncated"). Counts: every
@@ -62,16 +64,21 @@ def validate(config: ConfigDict) -> None:
                     "must name the student's tokenizer for variant truncated (budgets are in student tokens)")
 
 
+def budget_tokens(compressed: dict, student: StudentTokens) -> int:
+    """The length-matched budget of one example for one student: its compressed twin's trace in that
+    student's own tokens. Budget and cut must use the same tokenizer (the student being trained), so any
+    ablation matched to a compressed record (truncation here, other baselines alike) counts it here."""
+    return student.count(compressed["trace"])
+
+
 def truncate_one(raw: dict, comp: dict, student: StudentTokens) -> tuple[dict, str]:
-    budget = comp["meta"].get("student_tokens")
-    if budget is None:
-        budget = student.count(comp["trace"])
+    budget = budget_tokens(comp, student)
     raw_tokens = student.count(raw["trace"])
     text, n = student.cut(raw["trace"], budget)
     bucket = "within_budget" if raw_tokens <= budget else "truncated"
     meta = {"stage": "truncate", "time": time.time(), "source_id": raw["id"], "compressed_id": comp["id"],
             "compressor": comp["meta"].get("compressor"), "budget_tokens": budget, "student_tokens": n,
-            "raw_student_tokens": raw_tokens}
+            "raw_student_tokens": raw_tokens, "student_tokenizer": student.path}
     return store.make_record(id=f"{raw['id']}/truncated", problem=raw, answer=raw["answer"], trace=text,
                              variant="truncated", meta=meta), bucket
 
@@ -105,13 +112,17 @@ def process_chunk(items: list[tuple[str, tuple, tuple | None]], student: Student
     return records, errors, counts
 
 
-def describe_output(out_dir: str, variants) -> dict:
-    """The stage's own summary fields: records and token counts per dataset and variant."""
+def describe_output(out_dir: str, variants, student: StudentTokens) -> dict:
+    """The stage's own summary fields: records and token counts per dataset and variant, and the mean
+    budget against the mean truncated length, both in this student's tokens."""
     out = [{"dataset": r["dataset"], "variant": r["variant"], "meta": r["meta"]}  # no texts kept
            for r in store.read_records(out_dir)]
-    gaps = [r["meta"]["budget_tokens"] - r["meta"]["student_tokens"] for r in out if r["variant"] == "truncated"]
-    return {"variants": list(variants), "describe": describe(out),
-            "mean_tokens_under_budget": round(statistics.fmean(gaps), 3) if gaps else None}
+    cut = [r["meta"] for r in out if r["variant"] == "truncated"]
+    mean = lambda key: round(statistics.fmean(m[key] for m in cut), 3) if cut else None  # noqa: E731
+    return {"variants": list(variants), "describe": describe(out), "student_tokenizer": student.path,
+            "mean_budget_tokens": mean("budget_tokens"), "mean_truncated_tokens": mean("student_tokens"),
+            "mean_tokens_under_budget": round(statistics.fmean(m["budget_tokens"] - m["student_tokens"] for m in cut), 3)
+            if cut else None}
 
 
 def run(config: ConfigDict) -> dict:
@@ -136,9 +147,12 @@ def run(config: ConfigDict) -> dict:
         lambda chunk: process_chunk(chunk, student, config.raw_dir),
         unit="records", balance=("inputs", ("truncated", "within_budget", "answer_only", "errors")),
         shard_key=lambda out_id: out_id.rsplit("/", 1)[0],  # by raw id, as the other stages (a bad row: its own id)
-        summarize=lambda total: describe_output(config.out_dir, config.variants),
+        summarize=lambda total: describe_output(config.out_dir, config.variants, student),
     )
-    print("truncate: " + json.dumps(summary["total"]) + "\n" + format_table(summary["describe"]), flush=True)
+    budgets = f"budget vs truncated (mean {student.path or '-'} tokens): {summary['mean_budget_tokens']} vs " \
+              f"{summary['mean_truncated_tokens']}"
+    print("truncate: " + json.dumps(summary["total"]) + "\n" + budgets + "\n" + format_table(summary["describe"]),
+          flush=True)
     return summary
 
 
