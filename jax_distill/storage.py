@@ -1,6 +1,7 @@
-"""Fail in seconds, with one message, when a gs:// path cannot be reached.
+"""Storage, local or gs://: fail in seconds when a gs:// path cannot be reached, and one set of file
+calls (below) through which stages read and write either kind of path alike.
 
-Without this, a gs:// path with no reachable endpoint (no network, no credentials, no emulator) ends
+Without the probe, a gs:// path with no reachable endpoint (no network, no credentials, no emulator) ends
 minutes later in aiohttp DNS tracebacks that differ between data, model and checkpoint paths, because
 gcsfs and tensorstore retry for a long time. Every stage probes each bucket it will use once at start:
 a TCP connect to the endpoint, then one bucket listing through gcsfs, both bounded by
@@ -11,6 +12,7 @@ emulator setting and where credentials would come from.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import socket
 import threading
@@ -105,3 +107,142 @@ def probe(path: str, timeout: float | None = None) -> None:
         raise fail(f"{phase[0]} failed: {type(e).__name__}: {e}") from None
     with _lock:
         _reachable.add(bucket)
+
+
+# ----------------------------------------------------------------------------- files, local or gs://
+# The trace stages, evaluate and report read and write through these calls, so a gs:// folder works as a
+# local one. Atomicity: a local file is written to a temporary name and renamed into place; a gs:// object
+# is uploaded in one request, and GCS makes an object visible only once its upload is complete (readers
+# see the previous object or the new one whole), so no rename is needed there. Listings are never cached
+# (gcsfs caches them by default): other hosts and Ray actors write the same folders meanwhile.
+
+_filesystems: dict[tuple[str, int], object] = {}
+
+
+def is_gcs(path) -> bool:
+    return str(path).startswith("gs://")
+
+
+def gcs():
+    """One gcsfs client per endpoint and process (a forked worker gets its own: gcsfs's loop is not fork-safe)."""
+    import gcsfs
+
+    key = (endpoint(), os.getpid())
+    with _lock:
+        if key not in _filesystems:
+            _filesystems[key] = gcsfs.GCSFileSystem(use_listings_cache=False, skip_instance_cache=True)
+        return _filesystems[key]
+
+
+def _key(path: str) -> str:
+    return str(path)[len("gs://") :]
+
+
+def exists(path) -> bool:
+    return gcs().exists(_key(path)) if is_gcs(path) else os.path.exists(path)
+
+
+def isdir(path) -> bool:
+    """A local directory, or a gs:// prefix holding at least one object."""
+    return gcs().isdir(_key(path)) if is_gcs(path) else os.path.isdir(path)
+
+
+def isfile(path) -> bool:
+    return gcs().isfile(_key(path)) if is_gcs(path) else os.path.isfile(path)
+
+
+def makedirs(path) -> None:
+    """A local directory (and its parents); nothing on gs://, where folders are name prefixes."""
+    if not is_gcs(path):
+        os.makedirs(path, exist_ok=True)
+
+
+def glob(pattern: str) -> list[str]:
+    """Paths matching a glob, sorted; gs:// ones keep their scheme."""
+    if is_gcs(pattern):
+        return sorted("gs://" + p for p in gcs().glob(_key(pattern)))
+    import glob as _glob
+
+    return sorted(_glob.glob(pattern))
+
+
+def size(path) -> int:
+    return gcs().size(_key(path)) if is_gcs(path) else os.path.getsize(path)
+
+
+def read_bytes(path) -> bytes:
+    if is_gcs(path):
+        return gcs().cat_file(_key(path))
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def remove(path) -> None:
+    if is_gcs(path):
+        gcs().rm_file(_key(path))
+    else:
+        os.remove(path)
+
+
+def write_atomic(path, data: str | bytes) -> None:
+    """Write a whole file so that no reader ever sees part of it (see the section's note)."""
+    data = data.encode("utf-8") if isinstance(data, str) else data
+    if is_gcs(path):
+        gcs().pipe_file(_key(path), data)
+        return
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def create_exclusive(path, data: bytes) -> bool:
+    """Create `path` holding `data` unless it exists (then False), atomically: a local hard link of a
+    complete temporary file, or a gs:// upload with ifGenerationMatch=0 (refused when an object exists)."""
+    if is_gcs(path):
+        try:
+            gcs().pipe_file(_key(path), data, mode="create")
+        except FileExistsError:
+            return False
+        return True
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        os.remove(tmp)
+    return True
+
+
+def remove_if_unchanged(path, data: bytes) -> bool:
+    """Remove `path` only while it still holds `data` (False when it is gone or holds something else).
+    Local: rename it aside, compare, and link it back if another writer replaced it meanwhile; gs://: a
+    delete conditioned on the generation that was read (GCS refuses it when the object was replaced)."""
+    if is_gcs(path):
+        fs = gcs()
+        try:
+            generation = fs.info(_key(path))["generation"]
+            if fs.cat_file(_key(path)) != data:
+                return False
+            bucket, key = _key(path).split("/", 1)
+            fs.call("DELETE", "b/{}/o/{}", bucket, key, ifGenerationMatch=generation)
+        except FileNotFoundError:
+            return False
+        return True
+    moved = f"{path}.stale{os.getpid()}"
+    try:
+        os.rename(path, moved)
+    except FileNotFoundError:
+        return False
+    with open(moved, "rb") as f:
+        same = f.read() == data
+    if not same:
+        with contextlib.suppress(FileExistsError):
+            os.link(moved, path)  # another writer's file: back in place (never over a newer one)
+    os.remove(moved)
+    return same

@@ -2,6 +2,7 @@
 
 `python -m jax_distill.traces.generate --config configs/traces/generate.py [--config.shard=i/4]`
 or `run(config)` in process (returns the summary dict). Config fields: `default_config()` below.
+`--config.dispatch.kind=ray` processes the chunks on a pool of Ray actors, one engine each (dispatch.py).
 
 Work is split into chunks of `chunk_size` problems by the store's resumable loop (store.run_chunks), so a
 killed run loses at most the chunk in flight and a rerun skips every finished problem id. Every sample
@@ -17,7 +18,6 @@ not depend on the chunking, the shard split or whether the run was resumed.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import time
@@ -25,13 +25,13 @@ from collections import Counter
 
 from ml_collections import ConfigDict
 
-from jax_distill import checks, engines
+from jax_distill import checks, engines, storage
 from jax_distill.engines.base import Completion, SamplingParams, prompt_hash, request_seed
 from jax_distill.problems import check_answers, extract_answer, load_problems_with_report
 from jax_distill.problems import sources as problem_sources
 from jax_distill.problems.problem import Problem
 from jax_distill.sampling_params import sampling_config, validate_sampling
-from jax_distill.traces import store
+from jax_distill.traces import dispatch, store
 from jax_distill.traces.stats import StudentTokens
 
 KEEP = ("all_correct", "first_correct", "all")
@@ -57,6 +57,7 @@ def default_config() -> ConfigDict:
     c.chunk_size = 64  # problems per atomically written chunk (unit of resume)
     c.shard = "0/1"  # "i/n": this host's share of the problems (by id hash)
     c.student_tokenizer = ""  # HF tokenizer folder: count trace tokens as the student sees them
+    c.dispatch = dispatch.default_config()  # where chunks run: here, or Ray actors each holding one engine
     return c
 
 
@@ -75,6 +76,7 @@ def validate(config: ConfigDict) -> None:
     checks.need("{question}" in config.prompt.template, "prompt.template", "must contain {question}")
     checks.one_of(config, "keep", KEEP)
     checks.positive(config, "verify_timeout_s")
+    dispatch.validate(config, "dispatch")
 
 
 def messages_for(problem: Problem, prompt_cfg) -> list[dict]:
@@ -164,9 +166,11 @@ def run(config: ConfigDict, engine=None) -> dict:
     validate(config)
     train, evals, report = load_problems_with_report(config.problems)
     problems = {"train": train, "eval": evals, "all": train + evals}[config.split]
-    os.makedirs(config.out_dir, exist_ok=True)
+    storage.probe(config.out_dir)
+    storage.makedirs(config.out_dir)
     store.atomic_write(os.path.join(config.out_dir, "problems_report.json"), json.dumps(report, indent=1))
-    teacher = (lambda: engine) if engine is not None else functools.cache(lambda: engines.make_engine(config.engine))
+    # built where chunks are processed (here, or in each Ray actor), on the first chunk
+    teacher = dispatch.Lazy(lambda: engine if engine is not None else engines.make_engine(config.engine))
     params = SamplingParams.from_config(config.sampling)
     student = StudentTokens(config.student_tokenizer)
     problems_report = {k: v for k, v in report.items() if k != "decontamination"} | {
@@ -177,6 +181,7 @@ def run(config: ConfigDict, engine=None) -> dict:
         unit="problems", balance=("generated", ("kept", "rejected", "errors")),
         provenance=lambda: {"engine": teacher().name, "model": teacher().model},
         summarize=lambda total: {"problems": len(problems), "problems_report": problems_report},
+        dispatch=dispatch.make(config.dispatch, config.engine),
     )
     print(f"generate: {json.dumps(summary['total'])}", flush=True)
     return summary

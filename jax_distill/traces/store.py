@@ -67,7 +67,7 @@ its file:line and field, and lists the first few per reason in the summary (`ski
 
 from __future__ import annotations
 
-import glob
+import dataclasses
 import hashlib
 import json
 import logging
@@ -77,7 +77,7 @@ import sys
 import time
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from jax_distill import checks, records
+from jax_distill import checks, records, storage
 from jax_distill.records import BadRecord
 from jax_distill.traces import lock
 from jax_distill.traces.stats import Progress, merge_counts
@@ -147,13 +147,7 @@ ERRORS_DIR = "errors"
 OLD_ERRORS = ".errors.jsonl"  # the previous format's errors file, beside the records
 
 
-def atomic_write(path: str, data: str | bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+atomic_write = storage.write_atomic  # a local temporary renamed into place, or one gs:// upload
 
 
 def _jsonl(rows: Iterable[dict]) -> str:
@@ -167,7 +161,7 @@ def _chunk_paths(base: str) -> tuple[str, str]:
 
 
 def _file_entry(out_dir: str, path: str, data: bytes) -> tuple[str, dict]:
-    return os.path.relpath(path, out_dir), {"lines": sum(1 for line in data.split(b"\n") if line.strip()),
+    return path[len(out_dir.rstrip("/")) + 1 :], {"lines": sum(1 for line in data.split(b"\n") if line.strip()),
                                             "bytes": len(data)}
 
 
@@ -175,7 +169,7 @@ def write_chunk(out_dir: str, prefix: str, part: int, records: list[dict], error
     """Write one chunk (records, errors, then the done marker holding their line and byte counts);
     returns the chunk's base path."""
     base = os.path.join(out_dir, f"{prefix}-{part:05d}")
-    os.makedirs(os.path.join(out_dir, ERRORS_DIR), exist_ok=True)
+    storage.makedirs(os.path.join(out_dir, ERRORS_DIR))
     files = {}
     for path, rows in zip(_chunk_paths(base), ([to_disk(r) for r in records], errors)):
         data = _jsonl(rows).encode("utf-8")
@@ -186,9 +180,14 @@ def write_chunk(out_dir: str, prefix: str, part: int, records: list[dict], error
     return base
 
 
+def _raw_lines(data: bytes) -> list[bytes]:
+    """A file's lines as iterating over it in binary gives them (each ends after a b"\\n", and only there)."""
+    lines = data.split(b"\n")
+    return [line + b"\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
+
+
 def _lines(path: str) -> int:
-    with open(path, "rb") as f:
-        return sum(1 for line in f if line.strip())
+    return sum(1 for line in storage.read_bytes(path).split(b"\n") if line.strip())
 
 
 def _is_old(info: dict) -> bool:
@@ -207,10 +206,11 @@ def _distrust(base: str, info: dict) -> str:
         return "the done marker holds no file counts"
     for key, want in info["files"].items():
         path = _file_path(base, key)
-        if not os.path.exists(path):
+        if not storage.exists(path):
             return f"{path} is missing"
-        if os.path.getsize(path) != want["bytes"] or _lines(path) != want["lines"]:
-            return f"{path} has {_lines(path)} records ({os.path.getsize(path)} bytes); its done marker says " \
+        # a gs:// object is written whole or not at all: its size is enough (no download)
+        if storage.size(path) != want["bytes"] or (not storage.is_gcs(path) and _lines(path) != want["lines"]):
+            return f"{path} has {_lines(path)} records ({storage.size(path)} bytes); its done marker says " \
                    f"{want['lines']} ({want['bytes']} bytes)"
     return ""
 
@@ -221,10 +221,9 @@ _warned: set[str] = set()
 def _markers(out_dir: str, prefix: str = "") -> list[tuple[str, dict, str]]:
     """(chunk base path, done info, why untrusted or '') of every done marker under `prefix`, by name."""
     out = []
-    for path in sorted(glob.glob(os.path.join(out_dir, f"{prefix}*{DONE}"))):
+    for path in storage.glob(os.path.join(out_dir, f"{prefix}*{DONE}")):
         base = path[: -len(DONE)]
-        with open(path, encoding="utf-8") as f:
-            info = json.load(f)
+        info = json.loads(storage.read_bytes(path))
         why = _distrust(base, info)
         if why and path not in _warned:
             _warned.add(path)
@@ -239,14 +238,14 @@ def clean_partial(out_dir: str, prefix: str) -> list[str]:
     removed = []
     for base, _, why in _markers(out_dir, prefix):
         if why:
-            os.remove(base + DONE)
+            storage.remove(base + DONE)
     done = {os.path.basename(base) for base, _, _ in _markers(out_dir, prefix)}
     for folder in (out_dir, os.path.join(out_dir, ERRORS_DIR)):
-        for path in glob.glob(os.path.join(folder, f"{prefix}-*")):
+        for path in storage.glob(os.path.join(folder, f"{prefix}-*")):
             name = os.path.basename(path)
             chunk = re.sub(r"(\.errors)?\.jsonl$", "", name)
             if ".tmp" in name or (name.endswith(".jsonl") and chunk not in done):
-                os.remove(path)
+                storage.remove(path)
                 removed.append(path)
     return removed
 
@@ -296,24 +295,23 @@ def upgrade(out_dir: str) -> list[str]:
         with lock.hold(out_dir, prefix, "upgrade"):
             records_path, errors_path = _chunk_paths(base)
             lines = []
-            with open(records_path, "rb") as f:
-                for raw in f:  # every line in place (blank or not parsing too): file:line stays the same
-                    try:
-                        rec = json.loads(raw) if raw.strip() else None
-                    except (UnicodeDecodeError, json.JSONDecodeError):
-                        rec = None
-                    if isinstance(rec, dict) and isinstance(rec.get("meta"), dict):
-                        raw = (json.dumps(to_disk(rec), ensure_ascii=False) + "\n").encode("utf-8")
-                    lines.append(raw)
+            # every line in place (blank or not parsing too): file:line stays the same
+            for raw in _raw_lines(storage.read_bytes(records_path)):
+                try:
+                    rec = json.loads(raw) if raw.strip() else None
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    rec = None
+                if isinstance(rec, dict) and isinstance(rec.get("meta"), dict):
+                    raw = (json.dumps(to_disk(rec), ensure_ascii=False) + "\n").encode("utf-8")
+                lines.append(raw)
             new = b"".join(lines)
-            with open(base + OLD_ERRORS, "rb") as f:
-                errors = f.read()
-            os.makedirs(os.path.dirname(errors_path), exist_ok=True)
+            errors = storage.read_bytes(base + OLD_ERRORS)
+            storage.makedirs(os.path.dirname(errors_path))
             atomic_write(errors_path, errors)
             files = dict(_file_entry(out_dir, p, d) for p, d in ((records_path, new), (errors_path, errors)))
             atomic_write(records_path, new)
             atomic_write(base + DONE, json.dumps({**info, "files": files}, ensure_ascii=False, indent=1))
-            os.remove(base + OLD_ERRORS)
+            storage.remove(base + OLD_ERRORS)
             done.append(records_path)
     return done
 
@@ -324,8 +322,8 @@ def upgrade(out_dir: str) -> list[str]:
 def read_records(path: str, variant: str | None = None) -> Iterator[dict]:
     """Records of a stage directory (trusted finished chunks only, validated, meta decoded) or of one
     JSONL file; a bad row raises BadRecord naming its file:line."""
-    files = [path] if os.path.isfile(path) else chunk_files(path)
-    if not files and not os.path.isdir(path):
+    files = [path] if storage.isfile(path) else chunk_files(path)
+    if not files and not storage.isdir(path):
         raise FileNotFoundError(f"no trace records at {path!r}")
     for file in files:
         for where, rec in records.iter_records(file):
@@ -341,10 +339,9 @@ def index_records(path: str, variant: str | None = None, skip: Callable[[BadReco
     validate_record) raises BadRecord naming file:line, or goes to `skip` (then run_chunks counts it)."""
     index = {}
     for file in chunk_files(path):
-        with open(file, "rb") as f:
-            offsets = [0]
-            for raw in f:
-                offsets.append(offsets[-1] + len(raw))
+        offsets = [0]
+        for raw in _raw_lines(storage.read_bytes(file)):
+            offsets.append(offsets[-1] + len(raw))
         for where, rec in records.iter_records(file):
             try:
                 rec = validate_record(rec, where)
@@ -366,7 +363,7 @@ def skipped_items(bad: list[BadRecord]) -> dict[str, BadRecord]:
 
 def read_at(file: str, offset: int, line: int) -> dict:
     """The record an index_records entry points at."""
-    with open(file, "rb") as f:
+    with records.open_binary(file) as f:
         f.seek(offset)
         raw = f.readline()
     where = f"{file}:{line}"
@@ -416,8 +413,6 @@ def validate_chunking(config) -> None:
     """The fields every chunked stage declares: out_dir, chunk_size, shard, student_tokenizer."""
     checks.is_type(config, "out_dir", str)
     checks.need(bool(config.out_dir), "out_dir", "must name the stage's output directory")
-    checks.need(not config.out_dir.startswith("gs://"), "out_dir", "must be a local directory (chunks are "
-                "renamed into place); copy the finished directory to gs:// afterwards")
     checks.is_type(config, "chunk_size", int)
     checks.at_least(config, "chunk_size", 1)
     checks.is_type(config, "shard", str)
@@ -453,6 +448,30 @@ def skipped_examples(out_dir: str, limit: int = FIRST_FEW) -> dict[str, list[str
     return first
 
 
+@dataclasses.dataclass
+class ChunkJob:
+    """Processes and writes one numbered chunk, in this process or in a Ray actor (traces/dispatch.py):
+    picklable, so `process` and `provenance` must be too (engines behind dispatch.Lazy)."""
+
+    stage: str
+    out_dir: str
+    prefix: str
+    inputs: str
+    process: Callable[[list], Chunk]
+    provenance: Callable[[], dict]
+
+    def __call__(self, job: tuple[int, list[str], dict[str, Any]]) -> tuple[str, dict]:
+        """(part, ids, item of each id) -> (the chunk's base path, its done info), once it is written."""
+        part, ids, items = job
+        recs, errors, counts = self.process([items[i] for i in ids if not isinstance(items[i], BadRecord)])
+        bad = {i: items[i] for i in ids if isinstance(items[i], BadRecord)}
+        if bad:
+            _, bad_errors, bad_counts = _skipped_chunk(self.stage, self.inputs, bad)
+            errors, counts = errors + bad_errors, merge_counts([{"counts": counts}, {"counts": bad_counts}])
+        info = {"stage": self.stage, "ids": ids, "counts": counts, "time": time.time(), **self.provenance()}
+        return write_chunk(self.out_dir, self.prefix, part, recs, errors, info), info
+
+
 def run_chunks(
     stage: str,
     out_dir: str,
@@ -466,7 +485,7 @@ def run_chunks(
     shard_key: Callable[[str], str] = lambda item_id: item_id,
     provenance: Callable[[], dict] = dict,
     summarize: Callable[[dict], dict] = lambda total: {},
-    dispatch: Callable[[Callable[[list], Chunk], Iterable[list]], Iterable[Chunk]] = map,
+    dispatch: Callable[[ChunkJob, Iterable[tuple]], Iterable[tuple[str, dict]]] = map,
 ) -> dict:
     """Run `process` over the work items of this shard that no trusted chunk has finished, `chunk_size`
     items a chunk, each chunk written atomically as it comes back; returns the summary (also written).
@@ -480,15 +499,18 @@ def run_chunks(
                 (`skipped` is one too)
     shard_key   the id an item is sharded by (default: its own)
     provenance  extra fields for each done marker (e.g. the engine's name), asked after each chunk
+                where it was processed
     summarize   the stage's own summary fields (tables), from the merged total over the directory
-    dispatch    how chunks are processed: `map(process, chunks)` here; a remote pool (Ray workers on
-                GPU hosts) plugs in as any map that yields the chunks' results in order
+    dispatch    who runs the ChunkJob of each (part, ids, items) job: `map` here, or a pool of Ray actors
+                (dispatch.make); any order, each job to completion once. Parts are numbered here, so the
+                files are those of a run in this process whoever writes them
     """
     started = time.time()
     spec = parse_shard(shard)
     prefix = shard_prefix(stage, spec)
     inputs, buckets = balance
-    os.makedirs(out_dir, exist_ok=True)
+    storage.probe(out_dir)  # an unreachable gs:// folder fails in seconds, naming it
+    storage.makedirs(out_dir)
     with lock.hold(out_dir, prefix, stage):  # one writer per prefix: a second is refused, naming the holder
         refuse_old_format(out_dir)
         clean_partial(out_dir, prefix)
@@ -499,17 +521,15 @@ def run_chunks(
         part = next_part(out_dir, prefix)
         progress = Progress(stage, len(todo), unit)
         run_infos = []
-        good = ([items[i] for i in ids if not isinstance(items[i], BadRecord)] for ids in chunks)
-        for ids, (recs, errors, counts) in zip(chunks, dispatch(process, good)):
-            bad = {i: items[i] for i in ids if isinstance(items[i], BadRecord)}
-            if bad:
-                _, bad_errors, bad_counts = _skipped_chunk(stage, inputs, bad)
-                errors, counts = errors + bad_errors, merge_counts([{"counts": counts}, {"counts": bad_counts}])
-            info = {"stage": stage, "ids": ids, "counts": counts, "time": time.time(), **provenance()}
-            write_chunk(out_dir, prefix, part, recs, errors, info)
-            part += 1
+        job = ChunkJob(stage, out_dir, prefix, inputs, process, provenance)
+        jobs = ((part + k, ids, {i: items[i] for i in ids}) for k, ids in enumerate(chunks))
+        for base, info in dispatch(job, jobs):
+            if not storage.exists(base + DONE):
+                raise RuntimeError(f"{base}{DONE}: written by a worker but not visible here; with dispatch.kind=ray "
+                                   f"on several hosts out_dir must be a folder they share (NFS) or gs://")
             run_infos.append(info)
-            progress.update(len(ids))
+            progress.update(len(info["ids"]))
+        clean_partial(out_dir, prefix)  # temporaries of a worker that died mid-write
         total = merge_counts(finished(out_dir)[1])
         summary = {"stage": stage, "out_dir": out_dir, "shard": shard, f"{unit}_in_shard": len(mine),
                    "skipped_finished": len(mine) - len(todo), "this_run": merge_counts(run_infos), "total": total}
