@@ -8,7 +8,8 @@ and decontamination) are asked through the student's chat template (the training
 sampled with the JAX engine; answers are extracted and checked with the trace stage's checker. Per
 dataset and overall: accuracy (an unverifiable check counts as wrong and is counted), mean / median
 reasoning tokens (the think block, in the student's tokenizer), mean / median output tokens (everything
-generated, EOS included), truncation rate (samples that hit max_tokens), share with no extractable answer.
+generated, the stop token included), truncation rate and max_tokens_share (samples that hit max_tokens),
+samples per stop reason (end of turn, EOS, stop string, max_tokens), share with no extractable answer.
 
 Out-of-distribution multiple choice by log-likelihood, as lm-evaluation-harness scores it: the task
 formats and their files are jax_distill.eval_tasks, the scoring kernel jax_distill.scoring.
@@ -31,6 +32,7 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from jax_distill import checks, storage
+from jax_distill.engines.base import STOP_REASONS
 from jax_distill.eval_tasks import BENCHMARK_TASKS, SOURCES, TASKS, load_task, score_docs, task_file, task_records
 from jax_distill.sampling_params import SamplingParams, sampling_config, validate_sampling
 from jax_distill.scoring import loglikelihood
@@ -60,7 +62,7 @@ def default_config() -> ConfigDict:
     c.generation = ConfigDict()
     c.generation.enabled = True  # sample answers to the held-out problems
     # samples reaching max_tokens count as truncated; accuracy is the mean over the n samples per question;
-    # stop: extra stop strings (EOS always stops)
+    # stop: extra stop strings (the chat format's end-of-turn token and EOS always stop)
     c.generation.sampling = sampling_config(temperature=0.0, top_p=1.0, max_tokens=4096, n=1, seed=0)
     c.generation.batch_size = 32  # sequences per sampler call
     c.generation.check_timeout_s = 5.0  # per-answer math-verify timeout
@@ -175,7 +177,9 @@ def _stats(values: list[float]) -> tuple[float, float]:
 
 
 def generation_metrics(samples: list[dict]) -> dict:
-    """Aggregate per-sample records (correct, reasoning_tokens, output_tokens, finish_reason, answer)."""
+    """Aggregate per-sample records (correct, reasoning_tokens, output_tokens, finish_reason, stop_reason,
+    answer). max_tokens_share: samples that ran out of budget instead of ending (their answer, if any, was
+    never closed); stop_reasons: samples per reason (engines.base.STOP_REASONS)."""
     n = len(samples)
     if n == 0:
         return {"n": 0}
@@ -191,6 +195,8 @@ def generation_metrics(samples: list[dict]) -> dict:
         "mean_output_tokens": mean_o,
         "median_output_tokens": median_o,
         "truncation_rate": sum(s["finish_reason"] == "length" for s in samples) / n,
+        "max_tokens_share": sum(s["stop_reason"] == "max_tokens" for s in samples) / n,
+        "stop_reasons": {r: sum(s["stop_reason"] == r for s in samples) for r in STOP_REASONS},
     }
 
 
@@ -214,6 +220,7 @@ def evaluate_generation(engine, problems, gen_cfg: ConfigDict) -> tuple[dict, li
                     "answer_type": p.answer_type,
                     "answer": answer,
                     "finish_reason": c.finish_reason,
+                    "stop_reason": c.stop_reason,
                     "output_tokens": c.completion_tokens,
                     "reasoning_tokens": engine.count_tokens(c.reasoning) if c.reasoning else 0,
                     "text": c.text,

@@ -8,11 +8,14 @@ handful of programs and then only runs them. One call:
      the first new token from the last column;
   3. `_decode` runs a `lax.while_loop` of one-token steps (the cache is donated and updated in place)
      until every row is done or `chunk_end` is reached.
-Stopping: end-of-sequence ids (and stop strings that are exactly one token) stop a row inside the loop,
+Stopping: end-of-turn ids (the token that closes an assistant turn in the student's chat format, given by
+the engine), end-of-sequence ids and stop strings that are exactly one token stop a row inside the loop,
 token by token. Other stop strings are checked on the decoded text between chunks of `chunk_size` steps:
 a row whose text contains one is cut at the stop string (the token ids keep the shortest prefix whose
 text contains it, as vLLM counts them) and marked done; rows keep running until all are done.
 Nothing is kept between calls (the jit caches aside), so one Sampler serves any number of requests.
+Each row records why it stopped (`stop_reason`, one of engines.base.STOP_REASONS): end_of_turn, eos,
+stop (a stop string or a requested stop id) or max_tokens.
 
 Settings are the one SamplingParams type of every engine (one completion per prompt: `n` is the
 engine's concern). Sampling follows Hugging Face/vLLM order: temperature, then top-k, then top-p on the renormalised
@@ -41,13 +44,15 @@ MAX_STOP_IDS = 8  # stop-token slots compiled into the loop (padded with -1)
 
 @dataclasses.dataclass
 class SampleOutput:
-    """Per prompt: generated ids (a final EOS id included, as vLLM reports them), text (EOS and stop
-    string excluded), number of generated tokens, finish reason ("stop" or "length")."""
+    """Per prompt: generated ids (a final stop id included, as vLLM reports them), text (stop token and
+    stop string excluded), number of generated tokens, finish reason ("stop" or "length", vLLM's) and
+    stop reason (end_of_turn | eos | stop | max_tokens)."""
 
     token_ids: list[list[int]]
     texts: list[str]
     lengths: list[int]
     finish_reasons: list[str]
+    stop_reasons: list[str]
     prompt_lengths: list[int]
     logits: np.ndarray | None = None  # [B, M, V] per-step logits when record_logits (tests, debugging)
 
@@ -86,6 +91,19 @@ def sample_logits(logits: Array, keys: Array, temperature, top_k, top_p, mode: s
     elif mode != "sample":
         raise ValueError(f"sampling mode must be greedy|sample|filter, got {mode!r}")
     return jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
+
+
+def stop_reason(last: int | None, stopped: bool, stop_string: bool, end_of_turn_ids, eos_ids) -> str:
+    """Why a row ended (end_of_turn | eos | stop | max_tokens): a stop string; no stop token before
+    max_tokens; else the stop token it ended on, end of turn first (when a template ends its turns with
+    EOS, that EOS ended the turn)."""
+    if stop_string:
+        return "stop"
+    if not stopped:
+        return "max_tokens"
+    if last in end_of_turn_ids:
+        return "end_of_turn"
+    return "eos" if last in eos_ids else "stop"
 
 
 def sampling_mode(params: SamplingParams) -> str:
@@ -214,7 +232,9 @@ class Sampler:
     """Generates from a Model; holds only the model, tokenizer and static settings.
 
     rules: ShardingRules whose mesh the (already placed) parameters live on; prompts are split over the
-    batch axes (data, fsdp). chunk_size: decode steps between stop-string checks.
+    batch axes (data, fsdp). chunk_size: decode steps between stop-string checks. end_of_turn_ids: the
+    token(s) that close an assistant turn in the chat format (ChatFormat.turn_end_ids); they stop a row
+    beside EOS unless a request names its own stop_token_ids.
     """
 
     def __init__(
@@ -226,6 +246,7 @@ class Sampler:
         min_prompt_bucket: int = 16,
         min_new_bucket: int = 16,
         cache_dtype: Any = None,
+        end_of_turn_ids: Sequence[int] = (),
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -236,6 +257,7 @@ class Sampler:
         self.cache_dtype = jnp.dtype(cache_dtype or model.config.dtype).name
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.eos_ids = self._default_eos_ids()
+        self.end_of_turn_ids = tuple(sorted(set(end_of_turn_ids)))
 
     def _default_eos_ids(self) -> tuple[int, ...]:
         ids = set()
@@ -246,8 +268,9 @@ class Sampler:
         return tuple(sorted(ids))
 
     def _stop_ids(self, params: SamplingParams) -> tuple[tuple[int, ...], tuple[str, ...]]:
-        """Token-level stop ids (EOS + single-token stop strings) and the stop strings left for text."""
-        ids = list(self.eos_ids if params.stop_token_ids is None else params.stop_token_ids)
+        """Token-level stop ids (end of turn + EOS, or the request's own, + single-token stop strings) and
+        the stop strings left for text."""
+        ids = list(self.end_of_turn_ids + self.eos_ids if params.stop_token_ids is None else params.stop_token_ids)
         text_stops = []
         for s in params.stop:
             enc = self.tokenizer.encode(s, add_special_tokens=False)
@@ -276,7 +299,7 @@ class Sampler:
         if params.seed is None and mode != "greedy":
             raise ValueError("sampling at temperature > 0 needs a seed (the engine draws one for unseeded requests)")
         if not prompts:
-            return SampleOutput([], [], [], [], [])
+            return SampleOutput([], [], [], [], [], [])
         if any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
         n = len(prompts)
@@ -371,21 +394,22 @@ class Sampler:
         tokens = np.asarray(state["tokens"])[:n]
         lengths = np.asarray(state["lengths"])[:n]
         stopped = np.asarray(state["stopped"])[:n]
-        out = SampleOutput([], [], [], [], [len(p) for p in prompts])
+        out = SampleOutput([], [], [], [], [], [len(p) for p in prompts])
         for i in range(n):
             if cut[i] is not None:
                 length, text = cut[i]
-                out.token_ids.append(tokens[i, :length].tolist())
-                out.texts.append(text)
-                out.lengths.append(int(length))
-                out.finish_reasons.append("stop")
-                continue
-            seq = tokens[i, : lengths[i]].tolist()
-            body = seq[:-1] if stopped[i] and seq and seq[-1] in stop_ids else seq
+                seq = tokens[i, :length].tolist()
+            else:
+                seq = tokens[i, : lengths[i]].tolist()
+                body = seq[:-1] if stopped[i] and seq and seq[-1] in stop_ids else seq
+                text = self.tokenizer.decode(body, skip_special_tokens=False)
+            reason = stop_reason(seq[-1] if seq else None, bool(stopped[i]), cut[i] is not None,
+                                 self.end_of_turn_ids, self.eos_ids)
             out.token_ids.append(seq)
-            out.texts.append(self.tokenizer.decode(body, skip_special_tokens=False))
+            out.texts.append(text)
             out.lengths.append(len(seq))
-            out.finish_reasons.append("stop" if stopped[i] else "length")
+            out.finish_reasons.append("length" if reason == "max_tokens" else "stop")
+            out.stop_reasons.append(reason)
         if record_logits:
             out.logits = np.asarray(state["logits"])[:n]
         return out

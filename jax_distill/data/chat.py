@@ -171,3 +171,11 @@ class ChatFormat:
         mask = np.zeros(len(ids), np.int32)
         mask[n:] = 1
         return ids, mask
+
+    def turn_end_ids(self) -> tuple[int, ...]:
+        """The token that closes an assistant turn in the format the student was trained with (the last
+        token `encode` keeps: data.end_of_turn, else the template's last special token of the turn).
+        Generation stops on it beside EOS: a base checkpoint's EOS (Qwen base: <|endoftext|>) is not
+        what ends its ChatML turn (<|im_end|>), and a student that closed its turn would go on writing."""
+        ids, _ = self.encode("What is 1 + 1?", "1 + 1 = 2.", "The answer is 2.", where="end-of-turn probe")
+        return (int(ids[-1]),)

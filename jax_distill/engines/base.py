@@ -14,6 +14,11 @@ from typing import Any, Protocol, runtime_checkable
 from jax_distill.sampling_params import SamplingParams  # the one sampling type (re-exported for engines)
 
 
+# Why a completion ended: the assistant turn's closing token, EOS, a stop string (or a requested stop
+# id), the max_tokens budget; refused requests; engines that report only "stop" (procedural, OpenAI).
+STOP_REASONS = ("end_of_turn", "eos", "stop", "max_tokens", "error", "unreported")
+
+
 @dataclasses.dataclass(frozen=True)
 class Completion:
     text: str                     # everything the model generated (reasoning markup included)
@@ -22,6 +27,15 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str            # "stop" | "length" | "error:<why>" (request refused, e.g. prompt too long)
+    stop_reason: str = ""         # why it ended (STOP_REASONS); "" = what finish_reason tells: length ->
+                                  # max_tokens, error:* -> error, stop -> unreported (the engine did not say which)
+
+    def __post_init__(self):
+        if not self.stop_reason:
+            derived = {"length": "max_tokens", "stop": "unreported"}.get(self.finish_reason, "error")
+            object.__setattr__(self, "stop_reason", derived)
+        if self.stop_reason not in STOP_REASONS:
+            raise ValueError(f"Completion.stop_reason must be one of {STOP_REASONS}, got {self.stop_reason!r}")
 
 
 Messages = list[dict]             # [{"role": "system"|"user"|"assistant", "content": str}, ...]

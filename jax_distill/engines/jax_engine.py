@@ -5,7 +5,9 @@ ChatFormat, so a student is prompted exactly as it was trained), tokenized witho
 tokens, sorted by length so batches share a prompt bucket, and sampled in batches of `batch_size`.
 Each sample's random stream is keyed by (seed, prompt, sample index), never by its batch, so results do
 not depend on batch size or order. The text is split into reasoning and answer by the template's style
-(think blocks, or harmony channels for gpt-oss).
+(think blocks, or harmony channels for gpt-oss). Generation stops where the template's assistant turn
+ends (ChatFormat.turn_end_ids, e.g. <|im_end|>) as well as at EOS, which for base checkpoints differ
+(Qwen base: EOS <|endoftext|>); each Completion says which of the two, a stop string or max_tokens ended it.
 """
 
 from __future__ import annotations
@@ -64,7 +66,10 @@ class JaxEngine:
         self.batch_size = batch_size
         self.format = ChatFormat(tokenizer, chat if chat is not None else chat_config())
         self.style = reasoning or ("harmony" if self.format.style == "harmony" else "think")
-        self.sampler = Sampler(model, tokenizer, rules=rules, chunk_size=chunk_size)
+        self.end_of_turn_ids = self.format.turn_end_ids()
+        self.sampler = Sampler(
+            model, tokenizer, rules=rules, chunk_size=chunk_size, end_of_turn_ids=self.end_of_turn_ids
+        )
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -94,6 +99,7 @@ class JaxEngine:
                     prompt_tokens=len(prompts[i]),
                     completion_tokens=res.lengths[k],
                     finish_reason=res.finish_reasons[k],
+                    stop_reason=res.stop_reasons[k],
                 )
             done_tokens += sum(res.lengths)
             elapsed = time.time() - start
