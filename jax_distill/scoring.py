@@ -44,7 +44,7 @@ def harness_split(tokenizer, context: str, continuation: str) -> tuple[list[int]
 @functools.partial(jax.jit, static_argnames=("module", "cfg", "rules"))
 def _score(params, tokens, positions, segments, targets, target_mask, *, module, cfg, rules):
     """Left-padded inputs [B, T]; continuation targets [B, C] right-aligned with the inputs' last C
-    columns -> (sum of target log-probs [B], all targets greedy [B])."""
+    columns -> (log-prob of each target [B, C], 0 on padding; each target is the greedy token [B, C])."""
     cfg, rules = cfg.value, rules.value
     C = targets.shape[1]
     with use_rules(rules):
@@ -52,9 +52,47 @@ def _score(params, tokens, positions, segments, targets, target_mask, *, module,
         logits = module.unembed(params, cfg, hidden[:, -C:])  # [B, C, V] fp32
     logp = jax.nn.log_softmax(logits, axis=-1)
     picked = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-    total = jnp.sum(jnp.where(target_mask, picked, 0.0), axis=-1)
-    greedy = jnp.all((jnp.argmax(logits, axis=-1) == targets) | ~target_mask, axis=-1)
-    return total, greedy
+    greedy = (jnp.argmax(logits, axis=-1) == targets) | ~target_mask
+    return jnp.where(target_mask, picked, 0.0), greedy
+
+
+def token_logprobs(
+    model: Model,
+    pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+    batch_size: int = 16,
+    max_length: int = 2048,
+    rules: ShardingRules | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per (context ids, continuation ids): the log-probability of each continuation token given the
+    context and the continuation before it [C], and whether each is the greedy token [C], in order.
+    A pair longer than max_length + 1 tokens loses context from the left (never continuation).
+    rules: the mesh the model's parameters live on; rows are split over its batch axes."""
+    encoded = []  # (model input, continuation tokens) per pair
+    for ctx, cont in pairs:
+        cont = list(cont)
+        if not cont:
+            raise ValueError("token_logprobs: empty continuation")
+        if len(cont) > max_length:
+            raise ValueError(f"continuation of {len(cont)} tokens exceeds max_length={max_length}")
+        whole = (list(ctx) + cont)[-(max_length + 1) :]
+        encoded.append((whole[:-1], cont))
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
+    out: list = [None] * len(encoded)
+    static = dict(module=model.module, cfg=Static(model.config), rules=Static(rules))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        B = batch_rows(len(idx), rules)
+        T = bucket(max(len(encoded[i][0]) for i in idx))
+        C = min(T, bucket(max(len(encoded[i][1]) for i in idx), minimum=4))
+        tokens, positions, segments = left_pad([encoded[i][0] for i in idx], T, B)
+        targets, _, target_segments = left_pad([encoded[i][1] for i in idx], C, B)
+        arrays = (tokens, positions, segments, targets, target_segments == 1)
+        logp, greedy = _score(model.params, *(put_batch(a, rules) for a in arrays), **static)
+        logp, greedy = np.asarray(logp), np.asarray(greedy)
+        for row, i in enumerate(idx):
+            n = len(encoded[i][1])
+            out[i] = (logp[row, C - n :], greedy[row, C - n :])
+    return out
 
 
 def loglikelihood(
@@ -67,28 +105,11 @@ def loglikelihood(
 ) -> list[tuple[float, bool]]:
     """(sum log p(continuation | context), continuation is the greedy decode) per request, in order.
     rules: the mesh the model's parameters live on; rows are split over its batch axes."""
-    encoded = []  # (model input, continuation tokens) per request
+    pairs = []
     for context, continuation in requests:
         ctx, cont = harness_split(tokenizer, context, continuation)
         if not cont:
             raise ValueError(f"empty continuation after tokenization for {continuation!r}")
-        if len(cont) > max_length:
-            raise ValueError(f"continuation of {len(cont)} tokens exceeds max_length={max_length}")
-        whole = (ctx + cont)[-(max_length + 1) :]
-        encoded.append((whole[:-1], cont))
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
-    out: list[tuple[float, bool]] = [(0.0, False)] * len(encoded)
-    static = dict(module=model.module, cfg=Static(model.config), rules=Static(rules))
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        B = batch_rows(len(idx), rules)
-        T = bucket(max(len(encoded[i][0]) for i in idx))
-        C = min(T, bucket(max(len(encoded[i][1]) for i in idx), minimum=4))
-        tokens, positions, segments = left_pad([encoded[i][0] for i in idx], T, B)
-        targets, _, target_segments = left_pad([encoded[i][1] for i in idx], C, B)
-        arrays = (tokens, positions, segments, targets, target_segments == 1)
-        total, greedy = _score(model.params, *(put_batch(a, rules) for a in arrays), **static)
-        total, greedy = np.asarray(total), np.asarray(greedy)
-        for row, i in enumerate(idx):
-            out[i] = (float(total[row]), bool(greedy[row]))
-    return out
+        pairs.append((ctx, cont))
+    return [(float(logp.sum()), bool(greedy.all()))
+            for logp, greedy in token_logprobs(model, pairs, batch_size, max_length, rules)]

@@ -14,7 +14,7 @@ table (`datasets.load_dataset("json", data_files=[f"{d}/*.jsonl" for d in dirs])
   answer      the final answer text to train on (what follows the think block), e.g. "The answer is 42."
               or "... \\boxed{42}"; never empty
   trace       the reasoning WITHOUT <think> tags ("" for answer_only)
-  variant     raw | compressed | truncated | answer_only
+  variant     raw | compressed | truncated | answer_only | pruned (traces/prune.py)
   meta        provenance and counts as the JSON text of an object (`json.loads(row["meta"])`); the
               readers here (read_records, index_records, read_at) hand it back decoded, as a dict:
               all: stage, time (unix), trace_chars, answer_chars, student_tokens (trace, when a student
@@ -29,6 +29,8 @@ table (`datasets.load_dataset("json", data_files=[f"{d}/*.jsonl" for d in dirs])
               truncated: source_id, compressed_id, compressor, budget_tokens (the compressed twin's
                    student tokens), raw_student_tokens
               answer_only: source_id
+              pruned: source_id, mode, budget, budget_tokens, raw_student_tokens, scorer, removed_tokens
+                   or removed_steps (and compressed_id, compressor under budget=match:<c>); traces/prune.py
 Why meta is JSON text and not an object: Arrow (under `datasets`) gives each file's columns the type
 of the values it holds, and a field that is null in a whole file (student_tokens without a tokenizer,
 rho_* in a raw file, budget_tokens in an answer_only chunk) becomes type null there, which the next
@@ -84,7 +86,7 @@ from jax_distill.traces.stats import Progress, merge_counts
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("raw", "compressed", "truncated", "answer_only")
+VARIANTS = ("raw", "compressed", "truncated", "answer_only", "pruned")
 REQUIRED = {"id": str, "problem_id": str, "dataset": str, "question": str, "gold": str, "answer_type": str,
             "answer": str, "trace": str, "variant": str, "meta": str}
 FIRST_FEW = 5  # skipped input rows listed per reason in a summary
