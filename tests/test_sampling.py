@@ -83,6 +83,7 @@ def test_greedy_matches_transformers(family, tokenizer, tmp_path):
     out = Sampler(model, tokenizer, rules=rules).generate(prompts, greedy(32, stop_token_ids=()))
     assert out.token_ids == theirs
     assert out.lengths == [32, 32] and out.finish_reasons == ["length", "length"]
+    assert out.stop_reasons == ["max_tokens", "max_tokens"]
     assert out.texts == [tokenizer.decode(t, skip_special_tokens=False) for t in theirs]
 
 
@@ -135,13 +136,14 @@ def test_stops_on_eos_and_stop_strings(llama, tokenizer):
     first = free.token_ids[0].index(eos)
     got = sampler.generate(prompts, greedy(16, stop_token_ids=(eos,)))
     assert got.token_ids[0] == free.token_ids[0][: first + 1] and got.finish_reasons[0] == "stop"
+    assert got.stop_reasons[0] == ("eos" if eos in sampler.eos_ids else "stop")  # a requested stop id
     assert got.texts[0] == tokenizer.decode(free.token_ids[0][:first], skip_special_tokens=False)
     # stop string: a piece of row 1's text from the middle (multi-token), found across chunk boundaries
     text = free.texts[1]
     stop = next(text[i : i + 3] for i in range(6, len(text) - 3) if len(tokenizer.encode(text[i : i + 3])) > 1)
     got = sampler.generate(prompts, greedy(16, stop=(stop,), stop_token_ids=()))
     assert got.texts[1] == text[: text.index(stop)]
-    assert got.finish_reasons[1] == "stop"
+    assert got.finish_reasons[1] == "stop" and got.stop_reasons[1] == "stop"
     n = got.lengths[1]
     assert got.token_ids[1] == free.token_ids[1][:n]
     assert stop in tokenizer.decode(free.token_ids[1][:n]) and stop not in tokenizer.decode(free.token_ids[1][: n - 1])
@@ -204,5 +206,7 @@ def test_engine_chat_requests(llama, tokenizer):
             assert c.prompt_tokens == len(prompt)
             assert 1 <= c.completion_tokens <= 12
             assert c.finish_reason in ("stop", "length")
+            # the tiny ChatML tokenizer's EOS is its turn's <|im_end|>: every stop is the turn's end
+            assert c.stop_reason == ("end_of_turn" if c.finish_reason == "stop" else "max_tokens")
     assert out[0][0].text != out[0][1].text  # n samples differ
     assert engine.generate(requests, params) == out  # same seed, same samples
