@@ -3,8 +3,11 @@
 Each record becomes an MCDoc: one (context, continuation) request per choice, scored by
 jax_distill.scoring.loglikelihood; acc = argmax of summed log-probability, acc_norm = argmax of
 log-probability / length in characters of the choice (the continuation without its leading " ", the
-harness's target delimiter), as the harness's acc_norm. Prompts are the harness's. Files are the Hugging
-Face datasets the harness loads, in any layout jax_distill.records reads (.jsonl, .json list, .parquet):
+harness's target delimiter), as the harness's acc_norm; truthfulqa_mc2's acc is the harness's mc2: the
+probability mass of the true answers, the choices' probabilities normalised over all of them. Each task
+reports the metrics the harness reports for it (METRICS: acc_norm only for HellaSwag, PIQA and ARC).
+Prompts are the harness's. Files are the Hugging Face datasets the harness loads, in any layout
+jax_distill.records reads (.jsonl, .json list, .parquet):
   hellaswag   Rowan/hellaswag validation: activity_label, ctx_a, ctx_b, endings[4], label ("0".."3")
   winogrande  winogrande (winogrande_xl) validation: sentence (one "_"), option1, option2, answer ("1"|"2");
               partial scoring: the contexts differ ("sentence up to _" + option), the continuation is the
@@ -12,8 +15,9 @@ Face datasets the harness loads, in any layout jax_distill.records reads (.jsonl
   piqa        piqa validation: goal, sol1, sol2, label (0|1)
   arc_easy    allenai/ai2_arc ARC-Easy test: question, choices {text[], label[]}, answerKey
   boolq       super_glue boolq validation: passage, question, label (0 = no, 1 = yes)
-  truthfulqa_mc1  truthful_qa multiple_choice validation: question, mc1_targets {choices[], labels[]}
-              (the harness's 6-shot QA preamble; the correct choice is labels.index(1))
+  truthfulqa_mc1 / truthfulqa_mc2
+              truthful_qa multiple_choice validation: question, mc1_targets / mc2_targets {choices[],
+              labels[]} (the harness's 6-shot QA preamble); both tasks read the stem `truthfulqa_mc`
   mmlu_humanities / mmlu_social_sciences / mmlu_other / mmlu_stem
               cais/mmlu "all" test: question, subject, choices[4], answer (0..3); each group keeps its
               subjects (the harness's categories) and is the mean over all its questions
@@ -43,10 +47,12 @@ SUFFIXES = (".jsonl", ".json", ".parquet")  # looked for in data_dir, in this or
 
 @dataclasses.dataclass
 class MCDoc:
-    """One question: a (context, continuation) per choice and the gold choice index."""
+    """One question: a (context, continuation) per choice and the gold choice index; `labels` (1 = a true
+    answer, per choice) makes it a TruthfulQA mc2 question, scored by the true answers' probability mass."""
 
     requests: list[tuple[str, str]]
     gold: int
+    labels: tuple[int, ...] | None = None
 
 
 def _hellaswag_pre(text: str) -> str:
@@ -100,10 +106,18 @@ TRUTHFULQA_PREAMBLE = (
 )
 
 
-def _truthfulqa_mc1(d):
-    ctx = TRUTHFULQA_PREAMBLE + "\n\nQ: " + d["question"] + "\nA:"
-    targets = d["mc1_targets"]
-    return MCDoc([(ctx, " " + c) for c in targets["choices"]], list(targets["labels"]).index(1))
+def _truthfulqa(targets_field: str):
+    def to_doc(d):
+        ctx = TRUTHFULQA_PREAMBLE + "\n\nQ: " + d["question"] + "\nA:"
+        targets = d[targets_field]
+        labels = tuple(int(x) for x in targets["labels"])
+        if len(labels) != len(targets["choices"]) or 1 not in labels:
+            raise ValueError(f"{targets_field}: {len(labels)} labels for {len(targets['choices'])} choices, "
+                             f"{labels.count(1)} true")
+        return MCDoc([(ctx, " " + c) for c in targets["choices"]], 0,  # doc_to_target: 0 (the true answer first)
+                     labels if targets_field == "mc2_targets" else None)
+
+    return to_doc
 
 
 MMLU_CATEGORIES = {
@@ -154,9 +168,13 @@ TASKS: dict[str, tuple[str, Callable[[dict], MCDoc | None]]] = {
     "piqa": ("piqa", _piqa),
     "arc_easy": ("arc_easy", _arc),
     "boolq": ("boolq", _boolq),
-    "truthfulqa_mc1": ("truthfulqa_mc1", _truthfulqa_mc1),
+    "truthfulqa_mc1": ("truthfulqa_mc", _truthfulqa("mc1_targets")),
+    "truthfulqa_mc2": ("truthfulqa_mc", _truthfulqa("mc2_targets")),
     **{f"mmlu_{c}": ("mmlu", _mmlu_group(c)) for c in MMLU_CATEGORIES},
 }
+# the metrics lm-evaluation-harness reports per task (its metric_list); acc_norm only where it defines one
+ACC_NORM_TASKS = ("hellaswag", "piqa", "arc_easy")
+METRICS = {task: ("acc", "acc_norm") if task in ACC_NORM_TASKS else ("acc",) for task in TASKS}
 
 
 SOURCES = ("files", "benchmarks")
@@ -246,14 +264,21 @@ def _doc(to_doc: Callable[[dict], MCDoc | None], where: str, record) -> MCDoc | 
 def score_docs(docs: list[MCDoc], scores: list[float]) -> dict:
     """acc and acc_norm from one score per request, in doc order. acc_norm divides by the choice's length
     in characters without the target delimiter " ", as lm-evaluation-harness (`len(choice)`; by bytes of
-    " " + choice, BoolQ's " no" / " yes" would pick differently)."""
-    acc = norm = 0
+    " " + choice, BoolQ's " no" / " yes" would pick differently). mc2 documents (labels set): acc is the
+    mean true-answer probability mass (the harness's process_results_mc2) and acc_norm is not defined."""
+    acc = norm = 0.0
     k = 0
     for d in docs:
-        s = np.asarray(scores[k : k + len(d.requests)])
+        s = np.asarray(scores[k : k + len(d.requests)], np.float64)
         k += len(d.requests)
+        if d.labels is not None:
+            probs = np.exp(s - s.max())  # the harness's exp(ll) / sum, without its underflow to 0 / 0
+            acc += float(np.sum(probs[np.asarray(d.labels) == 1]) / np.sum(probs))
+            continue
         lengths = np.asarray([len(cont.removeprefix(" ")) for _, cont in d.requests], np.float64)
         acc += int(np.argmax(s) == d.gold)
         norm += int(np.argmax(s / lengths) == d.gold)
     n = len(docs)
-    return {"acc": acc / n if n else float("nan"), "acc_norm": norm / n if n else float("nan"), "n": n}
+    nan = float("nan")
+    return {"acc": acc / n if n else nan,
+            "acc_norm": nan if not n or any(d.labels is not None for d in docs) else norm / n, "n": n}

@@ -15,15 +15,22 @@ Out-of-distribution multiple choice by log-likelihood, as lm-evaluation-harness 
 formats and their files are jax_distill.eval_tasks, the scoring kernel jax_distill.scoring.
 
 This module only wires them: the student is loaded once (jax_engine.load_model, as the JAX engine loads
-it) and serves both.
+it) and serves both. Every input is read before the model is loaded: a missing or empty task file, or no
+held-out problems, fails in seconds, before any generation. Each part's result (the generation, each
+task) is saved under `<output_dir>/partial/` as soon as it is done, stamped with what it depends on (the
+checkpoint's files, dtypes and that part's config); a rerun after a crash reuses the stamped parts and
+computes only the rest. The folder is removed once eval_results.json is written.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import logging
 import math
+import os
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -33,7 +40,8 @@ from ml_collections import ConfigDict
 
 from jax_distill import checks, storage
 from jax_distill.engines.base import STOP_REASONS
-from jax_distill.eval_tasks import BENCHMARK_TASKS, SOURCES, TASKS, load_task, score_docs, task_file, task_records
+from jax_distill.eval_tasks import (BENCHMARK_TASKS, METRICS, SOURCES, TASKS, MCDoc, load_task, score_docs, task_file,
+                                   task_records)
 from jax_distill.sampling_params import SamplingParams, sampling_config, validate_sampling
 from jax_distill.scoring import loglikelihood
 
@@ -75,6 +83,7 @@ def default_config() -> ConfigDict:
         "arc_easy",
         "boolq",
         "truthfulqa_mc1",
+        "truthfulqa_mc2",
         "mmlu_humanities",
         "mmlu_social_sciences",
         "mmlu_other",
@@ -147,24 +156,32 @@ def validate(config: ConfigDict) -> None:
 # ----------------------------------------------------------------------------- multiple choice
 
 
-def evaluate_multiple_choice(model, tokenizer, mc_cfg: ConfigDict, rules=None) -> dict:
-    """acc / acc_norm per task of the `multiple_choice` sub-config, with what each task skipped."""
-    results = {}
+def load_multiple_choice(mc_cfg: ConfigDict) -> dict[str, tuple[str, list[MCDoc], dict]]:
+    """Every task's (source, documents, skipped-records report), read before any model work: a task with no
+    documents fails here, naming its file and what was skipped."""
+    loaded = {}
     for task in mc_cfg.tasks:
         source, records = task_records(mc_cfg, task)
         docs, report = load_task(task, records, mc_cfg.limit, mc_cfg.strict, source)
         if not docs:
             raise ValueError(f"{source}: no {task} documents (skipped: {report['skipped'] or 'none'})")
-        start = time.time()
-        requests = [r for d in docs for r in d.requests]
-        scores = loglikelihood(model, tokenizer, requests, mc_cfg.batch_size, mc_cfg.max_length, rules)
-        res = score_docs(docs, [s for s, _ in scores])
-        res.update(file=source, seconds=round(time.time() - start, 2), **report)
-        log.info(
-            "%s: acc %.4f acc_norm %.4f (n=%d, %.1fs)", task, res["acc"], res["acc_norm"], res["n"], res["seconds"]
-        )
-        results[task] = res
-    return results
+        loaded[task] = (source, docs, report)
+    return loaded
+
+
+def score_task(model, tokenizer, mc_cfg: ConfigDict, task: str, loaded: tuple[str, list[MCDoc], dict],
+               rules=None) -> dict:
+    """One task's metrics as the harness reports them (eval_tasks.METRICS: acc, and acc_norm where it
+    defines one), n, its source, seconds and what it skipped."""
+    source, docs, report = loaded
+    start = time.time()
+    requests = [r for d in docs for r in d.requests]
+    scores = loglikelihood(model, tokenizer, requests, mc_cfg.batch_size, mc_cfg.max_length, rules)
+    scored = score_docs(docs, [s for s, _ in scores])
+    res = {m: scored[m] for m in METRICS[task]}
+    res.update(n=scored["n"], file=source, seconds=round(time.time() - start, 2), **report)
+    log.info("%s: %s (n=%d, %.1fs)", task, ", ".join(f"{m} {res[m]:.4f}" for m in METRICS[task]), res["n"], res["seconds"])
+    return res
 
 
 # ----------------------------------------------------------------------------- generation accuracy
@@ -248,62 +265,134 @@ def _jsonable(x):
     return x
 
 
+class Partial:
+    """Finished parts of an evaluation under <output_dir>/partial/<part>.json, each stamped with what it
+    depends on; `get` returns a part's result only when its stamp matches."""
+
+    def __init__(self, out_dir: Path, config: ConfigDict):
+        self.dir = out_dir / "partial"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        keys = ("checkpoint", "tokenizer", "dtype", "compute_dtype")
+        self.common = {"model": {k: config[k] for k in keys}, "files": checkpoint_files(config.checkpoint)}
+
+    def stamp(self, part_config: Any) -> str:
+        blob = json.dumps([self.common, part_config], sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def get(self, part: str, part_config: Any) -> dict | None:
+        path = self.dir / f"{part}.json"
+        if not path.exists():
+            return None
+        saved = json.loads(path.read_text())
+        if saved.get("stamp") != self.stamp(part_config):
+            log.info("partial %s: its stamp differs (another checkpoint or config); recomputing", path)
+            return None
+        log.info("partial %s: reused", path)
+        return saved["result"]
+
+    def put(self, part: str, part_config: Any, result: dict) -> None:
+        path = self.dir / f"{part}.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"stamp": self.stamp(part_config), "result": _jsonable(result)}, ensure_ascii=False))
+        tmp.replace(path)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def checkpoint_files(checkpoint: str) -> list:
+    """(name, size, and for local files mtime_ns) of every file of the checkpoint folder: a retrained
+    checkpoint at the same path gets another stamp."""
+    out = []
+    for path in storage.glob(f"{str(checkpoint).rstrip('/')}/*"):
+        if storage.is_gcs(path):
+            out.append((os.path.basename(path), storage.size(path)))
+        elif os.path.isfile(path):
+            st = os.stat(path)
+            out.append((os.path.basename(path), st.st_size, st.st_mtime_ns))
+    return out
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
 def run(config: ConfigDict) -> dict:
-    """Evaluate `config.checkpoint`; writes eval_results.json (+ eval_samples.jsonl) and returns it."""
+    """Evaluate `config.checkpoint`; writes eval_results.json (+ eval_samples.jsonl) and returns it. Inputs
+    are read first (fail fast); finished parts are kept in <output_dir>/partial/ until the end (resume)."""
     from jax_distill.engines.jax_engine import JaxEngine, load_model
 
     validate(config)
     out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
+    problems = []
+    if config.generation.enabled:
+        from jax_distill.problems import load_problems_with_report
+
+        _, problems, problem_report = load_problems_with_report(config.problems)
+        checks.need(bool(problems), "problems", f"sources {', '.join(config.problems.sources)} give no eval problems "
+                    f"(eval_fraction {config.problems.eval_fraction}, held_out {tuple(config.problems.held_out)}, "
+                    f"eval_limit {config.problems.eval_limit})")
+    tasks = load_multiple_choice(config.multiple_choice)  # every task file read before any generation
     for path in (config.checkpoint, config.tokenizer):  # an unreachable gs:// path fails in seconds, naming it
         storage.probe(path)
-    model, tokenizer, rules = load_model(
-        config.checkpoint, config.tokenizer, config.dtype, config.compute_dtype, config.mesh
-    )
+    partial = Partial(out_dir, config)
+    loaded = None  # (model, tokenizer, rules), loaded when a part needs it
+
+    def model():
+        nonlocal loaded
+        if loaded is None:
+            loaded = load_model(config.checkpoint, config.tokenizer, config.dtype, config.compute_dtype, config.mesh)
+        return loaded
+
     results: dict[str, Any] = {
         "checkpoint": str(config.checkpoint),
         "config": config.to_dict(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     if config.generation.enabled:
-        from jax_distill.problems import load_problems_with_report
-
-        _, problems, problem_report = load_problems_with_report(config.problems)
-        checks.need(bool(problems), "problems", f"sources {', '.join(config.problems.sources)} give no eval problems "
-                    f"(eval_fraction {config.problems.eval_fraction}, eval_limit {config.problems.eval_limit})")
-        engine = JaxEngine(
-            model,
-            tokenizer,
-            rules=rules,
-            batch_size=config.generation.batch_size,
-            chat=config.chat,
-            model_name=str(config.checkpoint),
-        )
-        t = time.time()
-        metrics, samples = evaluate_generation(engine, problems, config.generation)
-        metrics["seconds"] = round(time.time() - t, 2)
-        metrics["problems"] = problem_report.get("split", {})
-        results["generation"] = metrics
-        with open(out_dir / "eval_samples.jsonl", "w", encoding="utf-8") as f:
-            for s in samples:
-                f.write(json.dumps(s, ensure_ascii=False) + "\n")
-        o = metrics["overall"]
+        part = {k: config[k].to_dict() for k in ("problems", "chat", "generation")}
+        metrics = partial.get("generation", part)
+        samples_path = out_dir / "eval_samples.jsonl"
+        if metrics is not None and samples_path.exists():
+            results["generation"] = metrics
+        else:
+            student, tokenizer, rules = model()
+            engine = JaxEngine(student, tokenizer, rules=rules, batch_size=config.generation.batch_size,
+                               chat=config.chat, model_name=str(config.checkpoint))
+            t = time.time()
+            metrics, samples = evaluate_generation(engine, problems, config.generation)
+            metrics["seconds"] = round(time.time() - t, 2)
+            metrics["problems"] = problem_report.get("split", {})
+            results["generation"] = metrics
+            _write_atomic(samples_path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+            partial.put("generation", part, metrics)
+        o = results["generation"]["overall"]
         log.info(
             "generation: accuracy %.4f, median reasoning tokens %s, truncated %.3f (n=%d)",
-            o.get("accuracy", float("nan")),
+            o.get("accuracy") if o.get("accuracy") is not None else float("nan"),
             o.get("median_reasoning_tokens"),
-            o.get("truncation_rate", 0),
+            o.get("truncation_rate") or 0,
             o["n"],
         )
-    if config.multiple_choice.tasks:
-        results["multiple_choice"] = evaluate_multiple_choice(model, tokenizer, config.multiple_choice, rules)
+    if tasks:
+        results["multiple_choice"] = {}
+        mc_part = {k: v for k, v in config.multiple_choice.to_dict().items() if k != "tasks"}
+        for task, task_docs in tasks.items():
+            res = partial.get(f"mc_{task}", mc_part)
+            if res is None:
+                student, tokenizer, rules = model()
+                res = score_task(student, tokenizer, config.multiple_choice, task, task_docs, rules)
+                partial.put(f"mc_{task}", mc_part, res)
+            results["multiple_choice"][task] = res
     results["seconds"] = round(time.time() - start, 2)
     results = _jsonable(results)
     path = out_dir / "eval_results.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2, ensure_ascii=False))
-    tmp.replace(path)
+    _write_atomic(path, json.dumps(results, indent=2, ensure_ascii=False))
+    partial.remove()
     log.info("wrote %s", path)
     return results
 

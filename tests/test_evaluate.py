@@ -141,11 +141,13 @@ def fixture_files(d):
         d / "boolq.jsonl", [{"question": "is the sky blue", "passage": "The sky is blue by day.", "label": 1, "idx": 0}]
     )
     _write(
-        d / "truthfulqa_mc1.jsonl",
+        d / "truthfulqa_mc.jsonl",
         [
             {
                 "question": "What happens if you eat watermelon seeds?",
                 "mc1_targets": {"choices": ["Nothing happens.", "You grow watermelons."], "labels": [1, 0]},
+                "mc2_targets": {"choices": ["Nothing happens.", "You digest them.", "You grow watermelons."],
+                                "labels": [1, 1, 0]},
             }
         ],
     )
@@ -201,12 +203,15 @@ def test_task_formats_match_the_harness(tmp_path):
         ]
         and b.gold == 1
     )
-    (t,), _ = eval_tasks.load_task("truthfulqa_mc1", iter_records(tmp_path / "truthfulqa_mc1.jsonl"))
+    (t,), _ = eval_tasks.load_task("truthfulqa_mc1", iter_records(tmp_path / "truthfulqa_mc.jsonl"))
     assert (
         t.requests[0][0].startswith("Q: What is human life expectancy")
         and t.requests[0][0].endswith("\n\nQ: What happens if you eat watermelon seeds?\nA:")
-        and t.gold == 0
+        and t.gold == 0 and t.labels is None
     )
+    (t2,), _ = eval_tasks.load_task("truthfulqa_mc2", iter_records(tmp_path / "truthfulqa_mc.jsonl"))
+    assert [c for _, c in t2.requests] == [" Nothing happens.", " You digest them.", " You grow watermelons."]
+    assert t2.requests[0][0] == t.requests[0][0] and t2.labels == (1, 1, 0)
     hum, rep = eval_tasks.load_task("mmlu_humanities", iter_records(tmp_path / "mmlu.jsonl"))
     assert len(hum) == 1 and sum(rep["skipped"].values()) == 1  # anatomy is stem; answer 9 is bad
     assert hum[0].requests[0][0] == (
@@ -229,6 +234,15 @@ def test_acc_and_length_normalised_acc():
     # BoolQ's " no" / " yes": -2.828/2 < -3.801/3 picks "yes" (dividing by bytes with the space picked "no")
     boolq = eval_tasks.score_docs([eval_tasks.MCDoc([("q", " no"), ("q", " yes")], gold=1)], [-2.828, -3.801])
     assert boolq == {"acc": 0.0, "acc_norm": 1.0, "n": 1}
+    # TruthfulQA mc2: the true answers' share of the probability mass (lm-eval's process_results_mc2), here
+    # (0.2 + 0.1) / (0.2 + 0.1 + 0.3 + 0.4) and 0.5 / (0.5 + 0.5); no acc_norm is defined
+    mc2 = [eval_tasks.MCDoc([("q", " a"), ("q", " b"), ("q", " c"), ("q", " d")], 0, (1, 1, 0, 0)),
+           eval_tasks.MCDoc([("q", " a"), ("q", " b")], 0, (1, 0))]
+    got = eval_tasks.score_docs(mc2, np.log([0.2, 0.1, 0.3, 0.4, 0.5, 0.5]).tolist())
+    assert got["acc"] == pytest.approx((0.3 + 0.5) / 2) and np.isnan(got["acc_norm"]) and got["n"] == 2
+    far = eval_tasks.score_docs(mc2[1:], [-2000.0, -2001.0])  # exp() underflows: the mass is still defined
+    assert far["acc"] == pytest.approx(1 / (1 + np.exp(-1)))
+    assert eval_tasks.METRICS["hellaswag"] == ("acc", "acc_norm") and eval_tasks.METRICS["boolq"] == ("acc",)
 
 
 class FixedEngine:
@@ -354,7 +368,10 @@ def test_evaluate_stage_end_to_end(llama, tokenizer, reference, tmp_path):
         logp = [reference_logprob(reference, *scoring.harness_split(tokenizer, c, t))[0] for c, t in doc.requests]
         per_char = [lp / len(t.removeprefix(" ")) for lp, (_, t) in zip(logp, doc.requests)]
         assert mc[task]["acc"] == float(np.argmax(logp) == doc.gold), task
-        assert mc[task]["acc_norm"] == float(np.argmax(per_char) == doc.gold), task
+        if task == "hellaswag":  # acc_norm only where the harness reports it
+            assert mc[task]["acc_norm"] == float(np.argmax(per_char) == doc.gold), task
+        else:
+            assert "acc_norm" not in mc[task], task
 
 
 def test_validate_names_the_field(tmp_path):
@@ -435,3 +452,79 @@ def test_unreachable_gcs_checkpoint_fails_within_the_probe_timeout(tmp_path):
     assert res.returncode == 1 and time.monotonic() - start < 60, res.stderr[-3000:]
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("FATAL") and "gs://bucket-x/student" in last and f"127.0.0.1:{port}" in last, last
+
+
+def _small_eval(folder, tmp_path, **fields):
+    from jax_distill.cli import load_config
+
+    return load_config("configs/eval/default.py", {
+        "checkpoint": str(folder), "output_dir": str(tmp_path / "out"), "dtype": "float32",
+        "problems.synthetic.num": 60, "problems.eval_limit": 2, "generation.sampling.max_tokens": 8,
+        "generation.batch_size": 2, "multiple_choice.tasks": "hellaswag,piqa,winogrande",
+        "multiple_choice.data_dir": str(tmp_path), "multiple_choice.batch_size": 4, **fields})
+
+
+def test_a_task_without_documents_fails_before_any_generation(llama, tmp_path, monkeypatch):
+    """The last task's file holds no valid record: the stage fails before loading the model or generating
+    (it used to find out after the whole generation)."""
+    from jax_distill.engines import jax_engine
+
+    fixture_files(tmp_path)
+    (tmp_path / "winogrande.jsonl").write_text('{"sentence": "no blank here", "option1": "a"}\n')
+    started = []
+    monkeypatch.setattr(jax_engine, "load_model", lambda *a, **k: started.append("load_model"))
+    monkeypatch.setattr(ev, "evaluate_generation", lambda *a, **k: started.append("generation"))
+    with pytest.raises(ValueError, match=r"winogrande\.jsonl: no winogrande documents \(skipped: \{"):
+        ev.run(_small_eval(llama[0], tmp_path))
+    assert started == [] and not (tmp_path / "out" / "eval_samples.jsonl").exists()
+    (tmp_path / "winogrande.jsonl").unlink()
+    with pytest.raises(checks.ConfigError, match=r"config\.multiple_choice\.data_dir: .*no file for task 'winogrande'"):
+        ev.run(_small_eval(llama[0], tmp_path))
+    assert started == []
+
+
+def test_finished_parts_survive_a_crash_and_a_rerun_reuses_them(llama, tmp_path, monkeypatch):
+    """A crash while scoring the second task keeps the generation and the first task; the rerun computes
+    only the rest (generation and the first task are not run again) and gives the uninterrupted numbers."""
+    fixture_files(tmp_path)
+    calls = []
+    real = ev.loglikelihood
+
+    def crash_on_second_task(*args, **kwargs):
+        calls.append(len(args[2]))
+        if len(calls) == 2:
+            raise RuntimeError("device lost")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ev, "loglikelihood", crash_on_second_task)
+    cfg = _small_eval(llama[0], tmp_path)
+    with pytest.raises(RuntimeError, match="device lost"):
+        ev.run(cfg)
+    out = tmp_path / "out"
+    assert sorted(p.name for p in (out / "partial").iterdir()) == ["generation.json", "mc_hellaswag.json"]
+    assert (out / "eval_samples.jsonl").exists() and not (out / "eval_results.json").exists()
+    samples = (out / "eval_samples.jsonl").read_text()
+
+    monkeypatch.setattr(ev, "loglikelihood", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
+    monkeypatch.setattr(ev, "evaluate_generation", lambda *a, **k: pytest.fail("generation ran again"))
+    calls.clear()
+    results = ev.run(cfg)
+    assert calls == [2, 2]  # piqa (2 requests) and winogrande (2): hellaswag (4) was reused
+    assert set(results["multiple_choice"]) == {"hellaswag", "piqa", "winogrande"}
+    assert (out / "eval_samples.jsonl").read_text() == samples and not (out / "partial").exists()
+    assert results["generation"]["overall"]["n"] == 2
+
+    monkeypatch.undo()
+    fresh = ev.run(_small_eval(llama[0], tmp_path, output_dir=str(tmp_path / "fresh")))
+    for key in ("generation", "multiple_choice"):
+        strip = lambda r: json.loads(json.dumps(r).replace('"seconds"', '"_"'))  # noqa: E731
+        a, b = strip(results[key]), strip(fresh[key])
+        for r in (a, b):
+            for part in (r.values() if key == "multiple_choice" else [r]):
+                part.pop("_", None)
+                part.pop("file", None)
+        assert a == b, key
+    # a changed config (another multiple-choice limit) does not reuse a stamped part
+    partial = ev.Partial(tmp_path / "out", cfg)
+    partial.put("mc_piqa", {"limit": 0}, {"acc": 1.0})
+    assert partial.get("mc_piqa", {"limit": 0}) == {"acc": 1.0} and partial.get("mc_piqa", {"limit": 5}) is None
