@@ -13,7 +13,8 @@ counts as wrong, as in the evaluate stage). Statistics, all at 95% (jax_distill.
                 item); several seeds: mean of the seeds, sd across them, and a two-level bootstrap
                 (seeds, then items) whose interval includes seed variation. With several datasets
                 also the macro average (mean of per-dataset accuracies; bootstrap within datasets),
-                in the CSV and report.json beside the pooled accuracy
+                in the CSV and report.json beside the pooled accuracy, and the datasets table: each
+                dataset's accuracy with its interval, the macro and the pooled accuracy per cell
   comparisons   each variant against the baseline (raw) of its teacher/student/method, and
                 compressed:X against truncated:X (the length-matched ablation): paired difference on the
                 shared items, paired bootstrap interval, exact McNemar p (0/1 scores only: one seed, one
@@ -326,9 +327,30 @@ def compression_rows(cells: dict[tuple, list[dict]], summaries: dict[tuple, dict
     return rows
 
 
+def dataset_rows(items: dict[tuple, dict], summaries: dict[tuple, dict], n_boot: int, seed: int) -> list[dict]:
+    """Per cell: each dataset's accuracy (seed-averaged items) with its interval, then the macro average
+    (mean over datasets, bootstrap within them) and the pooled accuracy (every item alike) beside it."""
+    rows = []
+    for key, cell_items in items.items():
+        s, by_dataset = summaries[key], defaultdict(list)
+        for item, (score, _) in cell_items.items():
+            by_dataset[item.split("/", 1)[0]].append(score)
+        for name in sorted(by_dataset):
+            acc = uncertainty.mean_interval(by_dataset[name], n_boot=n_boot, seed=seed)
+            rows.append({**dict(zip(KEY, key)), "dataset": name, "n": acc["n"], "accuracy": acc["mean"],
+                         "accuracy_lo": acc["lo"], "accuracy_hi": acc["hi"]})
+        rows.append({**dict(zip(KEY, key)), "dataset": "macro", "n": s["n"], "accuracy": s["macro_accuracy"],
+                     "accuracy_lo": s["macro_accuracy_lo"], "accuracy_hi": s["macro_accuracy_hi"]})
+        rows.append({**dict(zip(KEY, key)), "dataset": "pooled", "n": s["n"], "accuracy": s["accuracy"],
+                     "accuracy_lo": s["accuracy_lo"], "accuracy_hi": s["accuracy_hi"]})
+    return rows
+
+
 def ood_rows(cells: dict[tuple, list[dict]]) -> list[dict]:
-    """Per teacher/student/method/task and variant: acc and acc_norm (seed means) with Wilson intervals
-    on the task's n (pooled over seeds)."""
+    """Per teacher/student/method/task and variant: the metrics the task reports (acc, and acc_norm where
+    lm-evaluation-harness defines it: HellaSwag, PIQA, ARC), seed means, with Wilson intervals on the
+    task's n pooled over seeds. TruthfulQA mc2's acc is a mean probability mass, not a 0/1 share: Wilson
+    on it is conservative (scores in [0, 1] with mean p have variance at most p(1 - p))."""
     rows = []
     for key, runs in cells.items():
         tasks = sorted(set.intersection(*(set(r["eval"].get("multiple_choice") or {}) for r in runs)))
@@ -337,9 +359,11 @@ def ood_rows(cells: dict[tuple, list[dict]]) -> list[dict]:
             n = sum(x["n"] for x in res)
             row = {**dict(zip(KEY, key)), "task": task, "n": n}
             for metric in ("acc", "acc_norm"):
-                hits = sum(round(x[metric] * x["n"]) for x in res if x.get(metric) is not None)
-                lo, hi = uncertainty.wilson(hits, n)
-                row.update({metric: _mean(x.get(metric) for x in res), f"{metric}_lo": lo, f"{metric}_hi": hi})
+                if any(x.get(metric) is None for x in res):
+                    row.update({metric: None, f"{metric}_lo": None, f"{metric}_hi": None})
+                    continue
+                lo, hi = uncertainty.wilson(sum(round(x[metric] * x["n"]) for x in res), n)
+                row.update({metric: _mean(x[metric] for x in res), f"{metric}_lo": lo, f"{metric}_hi": hi})
             rows.append(row)
     return rows
 
@@ -412,6 +436,9 @@ TABLES = {
                      "fallback_raw", "dropped", "errors"], {
         "mean_rho_chars": lambda r: _num(r["mean_rho_chars"]), "mean_rho_tokens": lambda r: _num(r["mean_rho_tokens"]),
         "train_token_ratio": lambda r: _num(r["train_token_ratio"]),
+    }),
+    "datasets": (list(KEY) + ["dataset", "n", "accuracy"], {
+        "accuracy": lambda r: _interval(r["accuracy"], r["accuracy_lo"], r["accuracy_hi"]),
     }),
     "ood": (list(KEY) + ["task", "n", "acc", "acc_norm"], {
         "acc": lambda r: _interval(r["acc"], r["acc_lo"], r["acc_hi"]),
@@ -488,6 +515,7 @@ def build(runs: list[dict], baseline: str = "raw", n_boot: int = uncertainty.N_B
         "truncation": truncation,
         "efficiency": efficiency_rows(items, summaries, baseline, n_boot, seed),
         "compression": compression_rows(cells, summaries, baseline),
+        "datasets": dataset_rows(items, summaries, n_boot, seed),
         "ood": ood_rows(cells),
     }
 
@@ -527,6 +555,9 @@ def run(config) -> dict:
                         ("truncation", "compressed vs length-matched truncated")):
         if name == "main" or tables[name]:
             print(f"\n## {title}\n\n{paths['markdown'][name]}", file=sys.stdout)
+    if any(len(s["accuracy_by_dataset"]) > 1 for s in tables["cells"]):
+        title = "accuracy per dataset, the macro average (mean of datasets) and pooled"
+        print(f"\n## {title}\n\n{paths['markdown']['datasets']}", file=sys.stdout)
     log.info("report: %d runs (%d skipped) -> %s", len(runs), len(skipped), config.output_dir)
     return {k: v for k, v in paths.items() if k != "markdown"}
 

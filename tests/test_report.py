@@ -154,6 +154,31 @@ def test_macro_average_over_datasets(tmp_path):
     assert float(row["macro_accuracy_lo"]) <= 0.5 <= float(row["macro_accuracy_hi"])
 
 
+def test_datasets_table_and_harness_metrics_per_task(tmp_path, capsys):
+    """Each dataset's accuracy with its interval, the macro and the pooled rows; the OOD table shows
+    acc_norm only for the tasks that report it (not TruthfulQA mc2)."""
+    mc = {"hellaswag": {"n": 100, "acc": 0.31, "acc_norm": 0.35}, "truthfulqa_mc2": {"n": 50, "acc": 0.42}}
+    write_run(tmp_path / "runs", "raw", variant="raw", correct=[1] * 140 + [0] * 10 + [0] * 50, tokens=10,
+              datasets=["easy"] * 150 + ["hard"] * 50, mc=mc)
+    paths = run_report(tmp_path / "runs", tmp_path / "out")
+    rows = {r["dataset"]: r for r in rows_of(paths, "datasets")}
+    assert list(rows) == ["easy", "hard", "macro", "pooled"]
+    lo, hi = wilson_by_hand(140, 150)
+    assert (rows["easy"]["n"], float(rows["easy"]["accuracy"])) == ("150", pytest.approx(140 / 150))
+    assert float(rows["easy"]["accuracy_lo"]) == pytest.approx(lo) and float(rows["easy"]["accuracy_hi"]) == pytest.approx(hi)
+    assert float(rows["hard"]["accuracy"]) == 0.0
+    assert float(rows["macro"]["accuracy"]) == pytest.approx(140 / 300) and float(rows["pooled"]["accuracy"]) == 0.7
+    assert "accuracy per dataset" in capsys.readouterr().out
+    ood = {r["task"]: r for r in rows_of(paths, "ood")}
+    assert ood["truthfulqa_mc2"]["acc_norm"] == "" and ood["truthfulqa_mc2"]["acc_norm_lo"] == ""
+    assert float(ood["truthfulqa_mc2"]["acc"]) == 0.42 and float(ood["hellaswag"]["acc_norm"]) == 0.35
+    assert "| truthfulqa_mc2 | 50 | 0.420 [" in paths_markdown(paths, "ood") and "| - |" in paths_markdown(paths, "ood")
+
+
+def paths_markdown(paths, name):
+    return open(paths[name]["md"]).read()
+
+
 def test_a_repeated_seed_is_named(grid, tmp_path):
     write_run(tmp_path / "more", "raw-again", variant="raw", correct=first(10), tokens=400)
     runs, _ = report.collect_runs([str(grid), str(tmp_path / "more")])
