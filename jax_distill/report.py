@@ -211,6 +211,8 @@ def cell_summary(key: tuple, runs: list[dict], items: dict[str, list[float]], n_
         "median_output_tokens": _mean(o.get("median_output_tokens") for o in overall),
         "mean_reasoning_tokens": _mean(o.get("mean_reasoning_tokens") for o in overall),
         "truncation_rate": _mean(o.get("truncation_rate") for o in overall),
+        # samples that ran out of max_tokens instead of ending their turn (evaluate's max_tokens_share)
+        "max_tokens_share": _mean(o.get("max_tokens_share") for o in overall),
         "train_tokens": _mean(r["train"]["train_tokens"] for r in runs),
         "train_time_s": _mean(r["train"]["train_time_s"] for r in runs),
         "dirs": [r["dir"] for r in runs],
@@ -391,13 +393,16 @@ def _p(v) -> str:
 
 def wide_table(summaries: list[dict], variants: Sequence[str]) -> tuple[list[dict], list[str]]:
     """The main table: a row per teacher/student/method, a column per variant, each cell
-    "acc [lo, hi]" (with "±sd (k seeds)" when several seeds were trained)."""
+    "acc [lo, hi]" (with "±sd (k seeds)" when several seeds were trained), then the share of samples that
+    hit max_tokens: an accuracy earned by answers that never ended is not comparable."""
     rows: dict[tuple, dict] = {}
     for s in summaries:
         row = rows.setdefault(tuple(s[k] for k in ROW), dict(zip(ROW, (s[k] for k in ROW))))
         text = _interval(s["accuracy"], s["accuracy_lo"], s["accuracy_hi"])
         if s["seeds"] > 1:
             text += f" ±{s['accuracy_sd']:.3f} ({s['seeds']} seeds)"
+        if s.get("max_tokens_share") is not None:
+            text += f", max_tokens {s['max_tokens_share']:.3f}"
         row[s["variant"]] = text
     n = {tuple(s[k] for k in ROW): s["n"] for s in summaries}
     for key, row in rows.items():
