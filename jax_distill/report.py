@@ -317,11 +317,16 @@ def compression_rows(cells: dict[tuple, list[dict]], summaries: dict[tuple, dict
         s = stage_summaries.get((teacher, comp), {})
         total, table = s.get("total", {}), s.get("table", [])
         examples = sum(t["examples"] for t in table)
-        weighted = lambda f: (sum(t[f] * t["compressed"] for t in table if t.get(f) is not None)  # noqa: E731
-                              / max(1, sum(t["compressed"] for t in table if t.get(f) is not None))) if table else None
+        # each dataset's mean weighted by what it averages: successes, or (the *_all means) all its inputs
+        weighted = lambda f, n="compressed": (  # noqa: E731
+            sum(t[f] * t.get(n, t["examples"]) for t in table if t.get(f) is not None)
+            / max(1, sum(t.get(n, t["examples"]) for t in table if t.get(f) is not None))) if table else None
         rows.append({
-            "teacher": teacher, "compressor": comp, "examples": examples or None,
+            "teacher": teacher, "compressor": comp, "policy": s.get("policy"), "examples": examples or None,
+            "inputs": sum(t.get("inputs", t["examples"]) for t in table) or None,
             "mean_rho_chars": weighted("mean_rho_chars"), "mean_rho_tokens": weighted("mean_rho_tokens"),
+            "mean_rho_chars_all": weighted("mean_rho_chars_all", "inputs"),
+            "mean_rho_tokens_all": weighted("mean_rho_tokens_all", "inputs"),
             "train_token_ratio": _mean(token_ratios.get((teacher, comp), [])),
             "fallback_raw": total.get("fallback_raw"), "dropped": total.get("dropped"),
             "errors": sum(total.get("errors", {}).values()) if total else None,
@@ -437,9 +442,12 @@ TABLES = {
         "retention": lambda r: _interval(r["retention"], r["retention_lo"], r["retention_hi"]),
         "token_efficiency": lambda r: _interval(r["token_efficiency"], r["token_efficiency_lo"], r["token_efficiency_hi"], 2),
     }),
-    "compression": (["teacher", "compressor", "examples", "mean_rho_chars", "mean_rho_tokens", "train_token_ratio",
-                     "fallback_raw", "dropped", "errors"], {
+    # rho over successes and over all inputs (a failure at 1, the raw trace), the fallbacks beside them
+    "compression": (["teacher", "compressor", "policy", "inputs", "examples", "mean_rho_chars", "mean_rho_chars_all",
+                     "mean_rho_tokens", "mean_rho_tokens_all", "train_token_ratio", "fallback_raw", "dropped", "errors"], {
         "mean_rho_chars": lambda r: _num(r["mean_rho_chars"]), "mean_rho_tokens": lambda r: _num(r["mean_rho_tokens"]),
+        "mean_rho_chars_all": lambda r: _num(r.get("mean_rho_chars_all")),
+        "mean_rho_tokens_all": lambda r: _num(r.get("mean_rho_tokens_all")),
         "train_token_ratio": lambda r: _num(r["train_token_ratio"]),
     }),
     "datasets": (list(KEY) + ["dataset", "n", "accuracy"], {

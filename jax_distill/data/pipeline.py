@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import json
 import logging
+import os
 from typing import Any
 
 import grain
@@ -31,7 +32,7 @@ from jax_distill.records import get_field
 
 log = logging.getLogger(__name__)
 
-# Why a record was skipped. "overlong_dropped" follows data.overlong; all others are bad records
+# Why a record was skipped. "overlong_dropped" follows data.overlong, "not_in_ids" data.ids_file; all others are bad records
 # (DataError instead of a skip when data.strict is set).
 SKIP_REASONS = (
     "invalid_utf8",  # bytes that are not UTF-8 (or lone surrogates in JSON escapes)
@@ -41,7 +42,9 @@ SKIP_REASONS = (
     "empty_field",  # empty question or answer
     "empty_trace",  # empty trace for a variant in data.trace_required (raw, compressed)
     "overlong_dropped",  # longer than seq_len (or, truncated, no assistant token left)
+    "not_in_ids",  # its id is not in data.ids_file (a matched training set: data/matched.py)
 )
+FILTERS = ("overlong_dropped", "not_in_ids")  # policies, not bad records: never raise under data.strict
 FIRST_FEW = 5  # locations kept per reason for the report
 PACKING = ("first_fit", "best_fit", "none")
 OVERLONG = ("drop", "truncate")
@@ -67,6 +70,10 @@ def data_config() -> ConfigDict:
     c.pack = "first_fit"  # first_fit | best_fit | none (one example per row)
     c.pack_bins = 0  # rows filled at once before they are emitted; 0 = batch_size
     c.overlong = "drop"  # drop | truncate (keep the first seq_len tokens)
+    # "" = every record; else a file of record ids (data.fields.id), one per line: train only on those (the
+    # experiment's matched sets, so every variant of a cell trains on the same questions); others are
+    # counted under skipped "not_in_ids"
+    c.ids_file = ""
     c.strict = False  # bad records raise DataError (file, line, field) instead of a counted skip
     c.shuffle = True  # full random-access shuffle, a new order each epoch
     c.shuffle_seed = -1  # -1 = the seed given to make_dataset (the training seed)
@@ -96,6 +103,9 @@ def validate(cfg: ConfigDict) -> None:
     checks.is_type(c, "data.trace_required", tuple)
     checks.need(all(isinstance(v, str) for v in cfg.trace_required), "data.trace_required",
                 f"must be variant names; got {cfg.trace_required!r}")
+    checks.is_type(c, "data.ids_file", str)
+    checks.need(not cfg.ids_file or cfg.ids_file.startswith("gs://") or os.path.isfile(cfg.ids_file), "data.ids_file",
+                f"no such file: {cfg.ids_file!r}")
     for name in ("default_variant", "system", "end_of_turn"):
         checks.is_type(c, f"data.{name}", str)
     checks.one_of(c, "data.template", TEMPLATES)
@@ -212,6 +222,7 @@ class _Format:
         self.truncate = cfg.overlong == "truncate"
         self.strict = cfg.strict
         self.files, self.formats = files, formats
+        self.ids = read_ids(cfg.ids_file) if cfg.ids_file else None
 
     def where(self, element: dict) -> str:
         unit = "line" if self.formats[element["file"]] == "jsonl" else "row"
@@ -221,7 +232,7 @@ class _Format:
         try:
             return self._example(element)
         except _Skip as s:
-            if self.strict and s.reason != "overlong_dropped":
+            if self.strict and s.reason not in FILTERS:
                 field = f" field {s.field!r}:" if s.field else ""
                 raise DataError(f"{self.where(element)}:{field} {s.reason} ({s.detail})") from None
             return {"skip": s.reason, "field": s.field, "file": element["file"], "line": element["line"],
@@ -242,8 +253,28 @@ class _Format:
             raise _Skip("invalid_json", "", f"a JSON {type(record).__name__}, not an object")
         return record
 
+    def verdict(self, element: dict) -> tuple[str | None, str | None, str]:
+        """(record id, variant, skip reason or "") of one record as training would see it, data.ids_file
+        aside: what the matched-set stage filters on."""
+        record, rid, variant = None, None, None
+        try:
+            record = self._record(element)
+            rid = get_field(record, self.fields["id"]) if self.fields.get("id") else None
+            variant = get_field(record, self.fields["variant"]) if self.fields.get("variant") else None
+            self._from_record(record, element)
+            return rid, variant or self.default_variant, ""
+        except _Skip as s:
+            return rid, variant or self.default_variant, s.reason
+
     def _example(self, element: dict) -> dict:
         record = self._record(element)
+        if self.ids is not None:
+            rid = get_field(record, self.fields["id"]) if self.fields.get("id") else None
+            if rid not in self.ids:
+                raise _Skip("not_in_ids", self.fields.get("id", ""), f"id {rid!r} not in data.ids_file")
+        return self._from_record(record, element)
+
+    def _from_record(self, record: dict, element: dict) -> dict:
         f = self.fields
         question, answer, trace = _text(record, f["question"]), _text(record, f["answer"]), _text(record, f["trace"])
         variant = self.default_variant
@@ -436,6 +467,24 @@ def make_dataset(
                      shuffle_bins=True, padding_struct=padding)
     batched = packed.batch(batch_size, drop_remainder=False)
     return _Finish(batched, stats, batch_size, pad), stats
+
+
+def read_ids(path: str) -> frozenset[str]:
+    """The ids of an ids file (one per line, blank lines ignored), local or gs://."""
+    from jax_distill import storage
+
+    return frozenset(line.strip() for line in storage.read_bytes(path).decode("utf-8").splitlines() if line.strip())
+
+
+def record_verdicts(cfg: ConfigDict, tokenizer, *, seq_len: int) -> list[tuple[str | None, str | None, str]]:
+    """(record id, variant, skip reason or "") for every record of cfg.path, in file order, formatted
+    exactly as training formats it (same chat format, seq_len and over-long policy; data.ids_file aside)."""
+    validate(cfg)
+    files = resolve_files(cfg.path, cfg.format)
+    columns = sorted({v.split(".")[0] for v in cfg.fields.to_dict().values() if v})
+    source = RecordSource(files, cfg.format, columns)
+    fmt = _Format(ChatFormat(tokenizer, cfg), cfg, seq_len, source.names, source.formats)
+    return [fmt.verdict(source[i]) for i in range(len(source))]
 
 
 def count_batches(cfg: ConfigDict, tokenizer, **kwargs) -> tuple[int, DataStats]:

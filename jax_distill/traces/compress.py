@@ -10,12 +10,16 @@ Validation of a compressed trace, in order (the first failing check is the reaso
   answer_mismatch  it states a final answer that differs from the known one
   answer_missing   it never mentions the known answer (only with require_answer)
   unverified       the answer check timed out
-Policy on failure: keep_raw (emit the raw trace as the "compressed" record, meta.fallback="raw"),
-drop (emit nothing), retry (ask again with a new seed up to `retries` times, then drop). Every input
+Policy on failure, declared in `policy`: retry (the default: ask again with a new seed up to `retries`
+times, then drop; the experiment's matched sets then drop that trace from every variant), drop (emit
+nothing), keep_raw (only when asked for: emit the raw trace as the "compressed" record,
+meta.fallback="raw", so the "compressed" set holds raw traces; the tables count them). Every input
 ends in one bucket: inputs = compressed + fallback_raw + dropped + errors (engine_error, empty_trace)
 + skipped (a bad input row: a line that does not parse, a missing or mistyped field; counted by reason,
 its file:line (field) in the errors file and the first few in the summary; `strict` raises instead).
-rho = chars(compressed) / chars(raw) per example, and the same ratio in student tokens.
+rho = chars(compressed) / chars(raw) per example, and the same ratio in student tokens, averaged two ways
+(stats.compression_table): over successes, and over all inputs with a trace, where every failure
+(fallback, dropped or engine error) counts as 1 (the raw trace kept whole), the fallback count beside.
 """
 
 from __future__ import annotations
@@ -67,7 +71,7 @@ def default_config() -> ConfigDict:
         sampling=sampling_config(n=1, temperature=0.3, top_p=1.0, max_tokens=4096, seed=0),
     ))
     c.compressor.engine.reasoning = "none"  # instruction models answer in plain text
-    c.policy = "keep_raw"  # on validation failure: keep_raw | drop | retry
+    c.policy = "retry"  # on validation failure: retry (then drop) | drop | keep_raw (raw text in the compressed set)
     c.retries = 2  # extra attempts under policy=retry (then drop)
     c.require_answer = True  # a compressed trace must mention the known answer
     c.verify_timeout_s = 5.0  # per answer check (math-verify)
@@ -254,6 +258,9 @@ def process_chunk(raws: list[dict], compressor: Compressor, config, student: Stu
         "errors": dict(Counter(o.reason for o in outcomes.values() if o.bucket == "errors")),
         "failures": dict(Counter(o.reason for o in outcomes.values() if o.bucket in ("fallback_raw", "dropped"))),
         "failed_attempts": dict(Counter(e["reason"] for e in errors if "attempt" in e)),
+        # per dataset: inputs that had a trace but no compressed one (rho over all inputs counts them as 1)
+        "failed_by_dataset": dict(Counter(raws[i]["dataset"] for i, o in outcomes.items()
+                                          if o.bucket != "compressed" and o.reason != "empty_trace")),
     }
     records = [o.record for _, o in sorted(outcomes.items()) if o.record is not None]
     return records, errors, counts
@@ -294,7 +301,8 @@ def run(config: ConfigDict, engine=None) -> dict:
         lambda locations: process_chunk([store.read_at(*loc) for loc in locations], compressor(), config, student),
         unit="traces", balance=("inputs", ("compressed", "fallback_raw", "dropped", "errors")),
         provenance=lambda: {"compressor": compressor().name},
-        summarize=lambda total: {"in_dir": config.in_dir, "table": compression_table(store.read_records(config.out_dir))},
+        summarize=lambda total: {"in_dir": config.in_dir, "policy": config.policy, "table": compression_table(
+            store.read_records(config.out_dir), total.get("failed_by_dataset", {}))},
         dispatch=dispatch.make(config.dispatch, config.compressor.engine if config.compressor.kind == "engine" else None),
     )
     store.atomic_write(os.path.join(config.out_dir, "summary.md"), format_table(summary["table"]) + "\n")

@@ -87,25 +87,41 @@ def merge_counts(infos: Iterable[dict]) -> dict:
     return {k: dict(v) if isinstance(v, Counter) else v for k, v in total.items()}
 
 
-def compression_table(records: Iterable[dict]) -> list[dict]:
-    """Per (dataset, compressor): examples, mean rho (chars), mean token ratio, fallbacks (keep_raw)."""
+def compression_table(records: Iterable[dict], failed_by_dataset: dict[str, int] | None = None) -> list[dict]:
+    """Per (dataset, compressor): inputs, successes, fallbacks (keep_raw) and failures, and mean rho (chars
+    and student tokens) two ways: over successes (`mean_rho_*`), and over all inputs (`mean_rho_*_all`),
+    where a failure counts as 1, the raw trace kept whole: a fallback record as it is, and each of
+    `failed_by_dataset` (the compress stage's count of inputs with no record: dropped, engine error)."""
     groups = defaultdict(list)
     for r in records:
         if r["variant"] == "compressed":
             groups[(r["dataset"], r["meta"].get("compressor", "?"))].append(r["meta"])
+    failed = dict(failed_by_dataset or {})
+    compressors = sorted({c for _, c in groups}) or ["?"]
+    for dataset in failed:  # a dataset whose every input failed has no record, still a row
+        if not any(d == dataset for d, _ in groups) and len(compressors) == 1:
+            groups[(dataset, compressors[0])] = []
     rows = []
     for (dataset, compressor), metas in sorted(groups.items()):
         compressed = [m for m in metas if not m.get("fallback")]
+        fallbacks = len(metas) - len(compressed)
+        missing = failed.get(dataset, 0) - fallbacks if len(compressors) == 1 else 0  # dropped + engine errors
         rho = [m["rho_chars"] for m in compressed]
         tok = [m["rho_tokens"] for m in compressed if m.get("rho_tokens") is not None]
+        rho_all = [m["rho_chars"] for m in metas] + [1.0] * missing
+        tok_all = [m["rho_tokens"] for m in metas if m.get("rho_tokens") is not None] + ([1.0] * missing if tok else [])
         rows.append({
             "dataset": dataset,
             "compressor": compressor,
+            "inputs": len(metas) + missing,
             "examples": len(metas),
             "compressed": len(compressed),
-            "fallback_raw": len(metas) - len(compressed),
+            "fallback_raw": fallbacks,
+            "failed": fallbacks + missing,
             "mean_rho_chars": round(statistics.fmean(rho), 4) if rho else None,
+            "mean_rho_chars_all": round(statistics.fmean(rho_all), 4) if rho_all else None,
             "mean_rho_tokens": round(statistics.fmean(tok), 4) if tok else None,
+            "mean_rho_tokens_all": round(statistics.fmean(tok_all), 4) if tok_all else None,
         })
     return rows
 
