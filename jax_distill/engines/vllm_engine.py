@@ -14,6 +14,7 @@ gpu_memory_utilization: there it is the share of host memory vLLM reserves (0.1 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import json
 import os
 import urllib.error
@@ -22,6 +23,18 @@ import urllib.request
 from jax_distill import checks
 from jax_distill.engines.base import Completion, Messages, SamplingParams, prompt_hash, request_seed
 from jax_distill.engines.reasoning import STYLES, make_completion
+
+
+def vllm_stop_reason(output, requested_stop_ids) -> str:
+    """engines.base.STOP_REASONS of a vLLM CompletionOutput. Its stop_reason is None at the tokenizer's
+    EOS, the string at a stop string, the id at a stop id: one requested, or another EOS id of the
+    model's generation config (Qwen's <|im_end|> / <|endoftext|> pair), which counts as eos."""
+    if output.finish_reason == "length":
+        return "max_tokens"
+    if output.finish_reason not in (None, "stop"):
+        return "error"  # aborted
+    reason = output.stop_reason
+    return "stop" if isinstance(reason, str) or reason in requested_stop_ids else "eos"
 
 
 class VllmEngine:
@@ -80,8 +93,9 @@ class VllmEngine:
             outputs = self.llm.generate([{"prompt_token_ids": ids[i]} for i in fits], sp, use_tqdm=False) if fits else []
             for i, res in zip(fits, outputs):
                 n_prompt = len(res.prompt_token_ids)
-                results[i] = [make_completion(o.text, self.reasoning, n_prompt, len(o.token_ids), o.finish_reason or "stop")
-                              for o in res.outputs]
+                results[i] = [dataclasses.replace(
+                    make_completion(o.text, self.reasoning, n_prompt, len(o.token_ids), o.finish_reason or "stop"),
+                    stop_reason=vllm_stop_reason(o, params.stop_token_ids or ())) for o in res.outputs]
             out.extend(results)
         return out
 
