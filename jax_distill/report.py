@@ -30,7 +30,10 @@ counts as wrong, as in the evaluate stage). Statistics, all at 95% (jax_distill.
 
 Tables (markdown + CSV each, in output_dir): compression (teacher x compressor, from the compress stage's
 summary in each compressed run's data folder), main (rows teacher/student/method, a column per variant),
-comparisons, truncation (compressed vs truncated at matched budget), ood (multiple-choice tasks, acc and
+comparisons, truncation (compressed vs truncated at matched budget), equal_budget (per compressor X:
+raw, the rewrite compressed-X, prune-tokens-X, prune-steps-X and truncated-X, all but raw at X's
+per-example budget in student tokens: accuracy, mean output tokens, the paired difference against raw
+and against the rewrite with its interval and McNemar p; "*" = resolved), ood (multiple-choice tasks, acc and
 acc_norm per variant with Wilson intervals), efficiency. The plot `accuracy_vs_length.png` has one panel
 per student: accuracy (error bars: the 95% interval) against mean output tokens. `report.json` holds
 every number.
@@ -293,6 +296,56 @@ def _ratio(a, b):
     return a / b
 
 
+# ----------------------------------------------------------------------------- equal budget
+
+# (method, variant label kind): what trains at a compressor's per-example budget, in table order
+EQUAL_BUDGET = (("raw", None), ("compressed", "compressed"), ("prune_tokens", "prune-tokens"),
+                ("prune_steps", "prune-steps"), ("truncated", "truncated"))
+
+
+def _at_budget(items: dict[tuple, dict], row: tuple, kind: str, comp: str) -> tuple | None:
+    """The cell of `row` whose variant of `kind` is at compressor `comp`'s budget (label or spec spelling)."""
+    spellings = {kind, kind.replace("-", "_")}
+    return next((k for k in items if k[:3] == row and any(compressor_of(k[3], s) == comp for s in spellings)), None)
+
+
+def equal_budget_rows(items: dict[tuple, dict], summaries: dict[tuple, dict], baseline: str, n_boot: int,
+                      seed: int) -> list[dict]:
+    """Per teacher/student/method and compressor X: raw, the rewrite (compressed-X), prune-tokens-X,
+    prune-steps-X and truncated-X, all but raw trained at X's per-example budget in the student's tokens:
+    accuracy with its interval, mean output tokens, train tokens, and the paired difference against raw
+    and against the rewrite (interval, McNemar p, resolved)."""
+    rows = []
+    groups = dict.fromkeys((key[:3], comp) for key in items if (comp := compressor_of(key[3], "compressed")))
+    for row, comp in groups:
+        base, rewrite = row + (baseline,), _at_budget(items, row, "compressed", comp)
+        for method, kind in EQUAL_BUDGET:
+            key = base if kind is None else _at_budget(items, row, kind, comp)
+            if key not in items:
+                continue
+            s = summaries[key]
+            out = {**dict(zip(ROW, row)), "budget": comp, "method_at_budget": method, "variant": key[3], "n": s["n"],
+                   "accuracy": s["accuracy"], "accuracy_lo": s["accuracy_lo"], "accuracy_hi": s["accuracy_hi"],
+                   "mean_output_tokens": s["mean_output_tokens"], "train_tokens": s["train_tokens"]}
+            for against, ref in (("raw", base), ("compressed", rewrite)):
+                if ref in items and ref != key:
+                    d = compare(items[key], items[ref], n_boot, seed)
+                    out.update({f"vs_{against}_{k}": d.get(k) for k in ("n", "diff", "diff_lo", "diff_hi", "only_a", "only_b", "mcnemar_p")})
+                    out[f"vs_{against}_resolved"] = d["resolved"]
+            rows.append(out)
+    return rows
+
+
+def _versus(against: str):
+    def text(r: dict) -> str:
+        if r.get(f"vs_{against}_diff") is None:
+            return "-"
+        mark = " *" if r[f"vs_{against}_resolved"] else ""
+        return _interval(r[f"vs_{against}_diff"], r[f"vs_{against}_diff_lo"], r[f"vs_{against}_diff_hi"]) + \
+            f" p={_p(r.get(f'vs_{against}_mcnemar_p'))}{mark}"
+    return text
+
+
 # ----------------------------------------------------------------------------- compression and OOD
 
 
@@ -450,6 +503,12 @@ TABLES = {
         "mean_rho_tokens_all": lambda r: _num(r.get("mean_rho_tokens_all")),
         "train_token_ratio": lambda r: _num(r["train_token_ratio"]),
     }),
+    "equal_budget": (list(ROW) + ["budget", "method_at_budget", "variant", "n", "accuracy", "output_tokens",
+                                  "vs_raw", "vs_compressed"], {
+        "accuracy": lambda r: _interval(r["accuracy"], r["accuracy_lo"], r["accuracy_hi"]),
+        "output_tokens": lambda r: _num(r["mean_output_tokens"], 1),
+        "vs_raw": _versus("raw"), "vs_compressed": _versus("compressed"),
+    }),
     "datasets": (list(KEY) + ["dataset", "n", "accuracy"], {
         "accuracy": lambda r: _interval(r["accuracy"], r["accuracy_lo"], r["accuracy_hi"]),
     }),
@@ -527,6 +586,7 @@ def build(runs: list[dict], baseline: str = "raw", n_boot: int = uncertainty.N_B
         "comparisons": versus_raw,
         "truncation": truncation,
         "efficiency": efficiency_rows(items, summaries, baseline, n_boot, seed),
+        "equal_budget": equal_budget_rows(items, summaries, baseline, n_boot, seed),
         "compression": compression_rows(cells, summaries, baseline),
         "datasets": dataset_rows(items, summaries, n_boot, seed),
         "ood": ood_rows(cells),
@@ -565,7 +625,8 @@ def run(config) -> dict:
     tables = build(runs, config.baseline, config.n_boot, config.seed)
     paths = write_report(tables, config.output_dir, skipped)
     for name, title in (("main", "accuracy, 95% intervals"), ("comparisons", f"paired differences against {config.baseline}"),
-                        ("truncation", "compressed vs length-matched truncated")):
+                        ("truncation", "compressed vs length-matched truncated"),
+                        ("equal_budget", "at the compressor's budget: rewrite vs prune vs truncate")):
         if name == "main" or tables[name]:
             print(f"\n## {title}\n\n{paths['markdown'][name]}", file=sys.stdout)
     if any(len(s["accuracy_by_dataset"]) > 1 for s in tables["cells"]):
