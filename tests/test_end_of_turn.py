@@ -163,3 +163,27 @@ def test_completion_stop_reason_defaults_to_what_finish_reason_says():
     assert make("stop", "eos").stop_reason == "eos"
     with pytest.raises(ValueError, match="stop_reason"):
         make("stop", "finished")
+
+
+@pytest.mark.parametrize(
+    "finish, reason, expected",
+    [("length", None, "max_tokens"), ("stop", None, "eos"), ("stop", "###", "stop"), ("stop", 7, "stop"),
+     ("stop", 9, "eos"),  # an EOS id of the generation config that the request did not name
+     ("abort", None, "error")],
+)
+def test_vllm_stop_reason(finish, reason, expected):
+    from types import SimpleNamespace
+
+    from jax_distill.engines.vllm_engine import vllm_stop_reason
+
+    assert vllm_stop_reason(SimpleNamespace(finish_reason=finish, stop_reason=reason), (7,)) == expected
+
+
+def test_report_shows_the_max_tokens_share_beside_accuracy():
+    from jax_distill import report
+
+    cell = dict(teacher="qwen", student="tiny", method="full", variant="raw", n=40, seeds=1, accuracy=0.5,
+                accuracy_lo=0.35, accuracy_hi=0.65, accuracy_sd=0.0, max_tokens_share=0.125)
+    rows, _ = report.wide_table([cell, {**cell, "variant": "old", "max_tokens_share": None}], ["raw", "old"])
+    assert rows[0]["raw"] == "0.500 [0.350, 0.650], max_tokens 0.125"
+    assert rows[0]["old"] == "0.500 [0.350, 0.650]"  # eval results from before stop reasons were recorded
