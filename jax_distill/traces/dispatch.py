@@ -146,6 +146,8 @@ class RayPool:
             try:
                 result = ray.get(future)
             except ray.exceptions.RayActorError as e:  # its process or node is gone: the chunk goes back
+                if e.actor_init_failed:  # the same in every new actor: no retry
+                    raise RuntimeError(f"dispatch: a Ray actor could not be created: {e}") from None
                 deaths += 1
                 ray.kill(actor, no_restart=True)
                 actors.remove(actor)
