@@ -110,8 +110,10 @@ def test_post_think_on_think_and_harmony_records(tmp_path):
     reasons = {e["id"]: e["reason"] for e in store.read_errors(str(out))}
     assert reasons == {raws[2]["id"]: "restates_answer", raws[3]["id"]: "no_reasoning"}
     # keep_raw: the two without visible reasoning fall back to their raw trace, marked
-    kept = compress.run(compress_cfg(raw_dir, tmp_path / "keep", "post_think"))
+    kept = compress.run(compress_cfg(raw_dir, tmp_path / "keep", "post_think", policy="keep_raw"))
     assert kept["total"]["fallback_raw"] == 2 and kept["balanced"]
+    row = kept["table"][0]  # rho over all inputs counts the fallbacks as 1
+    assert row["mean_rho_chars_all"] == pytest.approx((2 * row["mean_rho_chars"] + 2) / 4, abs=1e-3)
 
 
 def test_post_think_on_the_procedural_teacher_counts_restatements(tmp_path):

@@ -20,7 +20,8 @@ format: variant "compressed", ids "{raw id}/compressed", meta.compressor = the k
                     answer: answer_not_stated (no statement states the known answer), no_reasoning
                     (nothing before that statement), restates_answer (every statement before it mentions
                     the answer: "Tom has 7 apples now." before "The answer is 7."). A candidate is then
-                    validated like any compressed trace (compress.failures).
+                    validated like any compressed trace (compress.failures). One attempt (the text is
+                    deterministic): a failure is dropped, or under policy=keep_raw kept as its raw trace.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def post_think_chunk(raws: list[dict], name: str, config, student: StudentTokens
     reasons = failures([candidates[i][0] for i in order], [raws[i] for i in order], config)
     for i, reason in zip(order, reasons):
         outcomes[i] = reason
-    records, buckets, failed = [], Counter(), Counter()
+    records, buckets, failed, failed_by_dataset = [], Counter(), Counter(), Counter()
     for i, raw in enumerate(raws):
         reason = outcomes[i]
         if not reason:
@@ -132,6 +133,7 @@ def post_think_chunk(raws: list[dict], name: str, config, student: StudentTokens
             buckets["compressed"] += 1
             continue
         failed[reason] += 1
+        failed_by_dataset[raw["dataset"]] += 1
         errors.append({"id": raw["id"], "stage": "compress", "reason": reason, "detail": raw["answer"][:300]})
         if config.policy == "keep_raw":
             records.append(_record(raw, raw["trace"], _Named(name), student, 1, reason))
@@ -139,7 +141,8 @@ def post_think_chunk(raws: list[dict], name: str, config, student: StudentTokens
         else:
             buckets["dropped"] += 1
     counts = {"inputs": len(raws), "compressed": buckets["compressed"], "fallback_raw": buckets["fallback_raw"],
-              "dropped": buckets["dropped"], "errors": {}, "failures": dict(failed)}
+              "dropped": buckets["dropped"], "errors": {}, "failures": dict(failed),
+              "failed_by_dataset": dict(failed_by_dataset)}  # rho over all inputs counts them as 1
     return records, errors, counts
 
 
@@ -186,7 +189,8 @@ def run(config: ConfigDict) -> dict:
         "compress", config.out_dir, config.shard, config.chunk_size, {**work, **store.skipped_items(bad)}, process,
         unit="questions" if kind == "shortest_correct" else "traces", balance=balance,
         provenance=lambda: {"compressor": name},
-        summarize=lambda total: {"in_dir": config.in_dir, "table": compression_table(store.read_records(config.out_dir))},
+        summarize=lambda total: {"in_dir": config.in_dir, "policy": config.policy, "table": compression_table(
+            store.read_records(config.out_dir), total.get("failed_by_dataset", {}))},
     )
     store.atomic_write(os.path.join(config.out_dir, "summary.md"), format_table(summary["table"]) + "\n")
     print("compress: " + json.dumps(summary["total"]) + "\n" + format_table(summary["table"]), flush=True)
