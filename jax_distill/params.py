@@ -20,6 +20,9 @@ class ParamSpec:
     axes: tuple[str | None, ...]
     init: str = "normal"  # normal | zeros | ones
     scale: float = 0.02
+    # The projection's role ("attention", "linear_attention", "mlp", "experts") where LoRA adapts it by
+    # default (lora.targets ""); None: not adapted unless lora.targets names it. The family declares it.
+    lora_role: str | None = None
 
     def __post_init__(self):
         if len(self.shape) != len(self.axes):

@@ -362,6 +362,7 @@ def _summary(c: ConfigDict, stu: student_lib.Student, state: TrainState, step: i
         "final_loss": last_row.get("loss"),
         "skipped_steps": skipped,  # train.nonfinite=skip: updates dropped in this run of the command
         "trainable_params": n_trainable,
+        "params": lora.param_counts(stu.specs, lora_mode=stu.lora is not None),  # total, trainable, by role
         "optimizer_state_bytes": optim.state_bytes(state.opt_state),
         "packing_efficiency": stats.packing_efficiency,
         "data": stats.as_dict(),

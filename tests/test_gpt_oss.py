@@ -223,6 +223,47 @@ def test_sorted_moe_equals_dense_reference(impl):
     assert (np.asarray(ids) == 0).any(axis=1).all() and not (np.asarray(ids) == 6).any()
 
 
+@pytest.mark.parametrize("impl", ["blocked", "ragged"])
+def test_expert_lora_equals_its_merged_weights(impl):
+    """Per-expert adapters run on the routed rows (base grouped matmul + two low-rank ones): output and
+    gradients of a, b equal those of the merged weights in the dense reference; dropout keys reach them."""
+    from jax_distill.models.layers import Adapted, LoRA, weight
+
+    cfg = _random_cfg(num_experts=7, num_experts_per_token=3)
+    p = jax.tree.map(lambda a: a[1], _random_params(cfg, seed=5)["layers"])
+    rng = np.random.default_rng(6)
+    adapters = {}
+    for name in ("gate_up_proj", "down_proj"):
+        E, n_in, n_out = p[name].shape
+        adapters[name] = LoRA(jnp.asarray(rng.standard_normal((E, n_in, 3), np.float32) / np.sqrt(n_in)),
+                              jnp.asarray(0.1 * rng.standard_normal((E, 3, n_out), np.float32)), scale=2.0, dropout=0.5)
+    x = jax.random.normal(jax.random.key(1), (41, cfg.hidden_size))
+    weights, ids = moe.route(x, p["router"], p["router_bias"], cfg.num_experts_per_token)
+    probe = jax.random.normal(jax.random.key(2), x.shape)
+
+    def adapted(lora_params):
+        return {**p, **{n: Adapted(p[n], lora_params[n]) for n in lora_params}}
+
+    @jax.jit
+    def value_and_grads(lora_params):
+        sorted_fn = lambda lp: moe.experts(x, weights, ids, adapted(lp), cfg.swiglu_alpha, cfg.swiglu_limit, impl)  # noqa: E731
+        merged = lambda lp: _dense_experts(x, weights, ids, jax.tree.map(  # noqa: E731
+            weight, adapted(lp), is_leaf=lambda a: isinstance(a, Adapted)), cfg.swiglu_alpha, cfg.swiglu_limit)
+        out = {}
+        for name, fn in (("sorted", sorted_fn), ("merged", merged)):
+            y, vjp = jax.vjp(fn, lora_params)
+            out[name] = (y, vjp(probe))
+        return out
+
+    out = value_and_grads(adapters)
+    for a, b in zip(jax.tree.leaves(out["sorted"]), jax.tree.leaves(out["merged"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    assert float(jnp.abs(out["sorted"][1][0]["gate_up_proj"].a).max()) > 0
+    keys = lambda name: jax.random.fold_in(jax.random.key(3), len(name))  # noqa: E731
+    dropped = moe.experts(x, weights, ids, adapted(adapters), cfg.swiglu_alpha, cfg.swiglu_limit, impl, keys)
+    assert float(jnp.abs(dropped - out["sorted"][0]).max()) > 1e-3
+
+
 def test_expert_axis_shards_over_mesh():
     """Experts split over the tensor axis (expert parallel) give the unsharded logits."""
     from jax_distill.parallel.sharding import DEFAULT_RULES, ShardingRules, make_mesh, tree_shardings, use_rules
@@ -342,19 +383,19 @@ def test_round_trip_through_transformers(tiny, tmp_path):
     assert again.config == model.config
 
 
-def test_lora_on_attention_runs_and_export_merges(tiny, tmp_path):
-    """Attention projections go through layers.linear: an adapter changes the logits exactly as its
-    merged weight does, and export writes the merged weights."""
+def test_lora_on_attention_and_experts_runs_and_export_merges(tiny, tmp_path):
+    """Attention projections go through layers.linear, expert weights through per-expert low-rank
+    matmuls: adapters change the logits exactly as their merged weights do, and export writes those."""
     from jax_distill.models.layers import Adapted, LoRA, weight
 
     folder, _ = tiny
     model = from_pretrained(folder)
     rng = np.random.default_rng(11)
     layers = dict(model.params["layers"])
-    for name in ("q_proj", "o_proj"):
-        n_layers, n_in, n_out = layers[name].shape
-        lora = LoRA(jnp.asarray(rng.standard_normal((n_layers, n_in, 3), np.float32)),
-                    jnp.asarray(0.05 * rng.standard_normal((n_layers, 3, n_out), np.float32)), scale=2.0)  # fmt: skip
+    for name in ("q_proj", "o_proj", "gate_up_proj", "down_proj"):
+        *stack, n_in, n_out = layers[name].shape
+        lora = LoRA(jnp.asarray(rng.standard_normal((*stack, n_in, 3), np.float32) / np.sqrt(n_in)),
+                    jnp.asarray(0.2 * rng.standard_normal((*stack, 3, n_out), np.float32)), scale=2.0)  # fmt: skip
         layers[name] = Adapted(layers[name], lora)
     adapted = dataclasses.replace(model, params={**model.params, "layers": layers})
     merged = dataclasses.replace(model, params=jax.tree.map(weight, adapted.params, is_leaf=lambda x: isinstance(x, Adapted)))

@@ -92,10 +92,10 @@ def attention_specs(cfg: Any, bias: bool, qk_norm: bool = False) -> dict:
     D, H = cfg.hidden_size, cfg.head_dim
     NH, KH = cfg.num_heads * H, cfg.num_kv_heads * H
     specs = {
-        "q_proj": ParamSpec((D, NH), ("embed", "heads")),
-        "k_proj": ParamSpec((D, KH), ("embed", "kv_heads")),
-        "v_proj": ParamSpec((D, KH), ("embed", "kv_heads")),
-        "o_proj": ParamSpec((NH, D), ("heads", "embed")),
+        "q_proj": ParamSpec((D, NH), ("embed", "heads"), lora_role="attention"),
+        "k_proj": ParamSpec((D, KH), ("embed", "kv_heads"), lora_role="attention"),
+        "v_proj": ParamSpec((D, KH), ("embed", "kv_heads"), lora_role="attention"),
+        "o_proj": ParamSpec((NH, D), ("heads", "embed"), lora_role="attention"),
     }
     if bias:
         specs |= {
@@ -107,6 +107,16 @@ def attention_specs(cfg: Any, bias: bool, qk_norm: bool = False) -> dict:
     if qk_norm:
         specs |= {"q_norm": ParamSpec((H,), ("norm",), "ones"), "k_norm": ParamSpec((H,), ("norm",), "ones")}
     return specs
+
+
+def mlp_specs(cfg: Any) -> dict:
+    """One layer's SwiGLU MLP projections (`layers.swiglu_mlp`), LoRA targets by default."""
+    D, F = cfg.hidden_size, cfg.intermediate_size
+    return {
+        "gate_proj": ParamSpec((D, F), ("embed", "mlp"), lora_role="mlp"),
+        "up_proj": ParamSpec((D, F), ("embed", "mlp"), lora_role="mlp"),
+        "down_proj": ParamSpec((F, D), ("mlp", "embed"), lora_role="mlp"),
+    }
 
 
 # ----------------------------------------------------------------------------- forward

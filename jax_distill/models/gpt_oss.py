@@ -142,11 +142,13 @@ def param_specs(cfg: Config) -> dict:
         **decoder.attention_specs(cfg, bias=True),
         "sinks": ParamSpec((cfg.num_heads,), ("heads",)),
         "post_norm": ParamSpec((D,), ("norm",), "ones"),
-        "router": ParamSpec((D, E), ("embed", None)),  # router logits stay whole for top-k
+        # router logits stay whole for top-k; the router is frozen under LoRA unless lora.targets names it
+        "router": ParamSpec((D, E), ("embed", None)),
         "router_bias": ParamSpec((E,), (None,), "zeros"),
-        "gate_up_proj": ParamSpec((E, D, 2 * F), ("experts", "embed", "mlp")),  # gate/up interleaved
+        # every expert's projections are LoRA targets by default: one low-rank pair per expert, stacked
+        "gate_up_proj": ParamSpec((E, D, 2 * F), ("experts", "embed", "mlp"), lora_role="experts"),  # gate/up interleaved
         "gate_up_bias": ParamSpec((E, 2 * F), ("experts", "mlp"), "zeros"),
-        "down_proj": ParamSpec((E, F, D), ("experts", "mlp", "embed")),
+        "down_proj": ParamSpec((E, F, D), ("experts", "mlp", "embed"), lora_role="experts"),
         "down_bias": ParamSpec((E, D), ("experts", "embed"), "zeros"),
     }
     return decoder.stack_specs(cfg, {"layers": (layer, cfg.num_layers)})
@@ -179,6 +181,11 @@ def _mxfp4_reader(key: str, shape: tuple[int, ...]):
     return read
 
 
+# Adapted by PEFT as parameters: the stacked experts (GptOssExperts.gate_up_proj / down_proj) and the router
+# (GptOssTopKRouter holds a bare weight, no nn.Linear)
+PEFT_PARAMETERS = ("router", "gate_up_proj", "down_proj")
+
+
 def weight_map(cfg: Config) -> dict[tuple[str, ...], HFTensor]:
     """Our parameter path -> HF tensor; `{i}` is the layer index of stacked parameters."""
     prefix = "model.layers.{i}."
@@ -200,6 +207,7 @@ def weight_map(cfg: Config) -> dict[tuple[str, ...], HFTensor]:
     for name, spec in specs["layers"].items():
         key, transpose = table[name]
         key = prefix + key
+        peft_parameter = name in PEFT_PARAMETERS
         if cfg.mxfp4 and name in ("gate_up_proj", "down_proj"):
             out[("layers", name)] = HFTensor(
                 key,
@@ -207,9 +215,10 @@ def weight_map(cfg: Config) -> dict[tuple[str, ...], HFTensor]:
                 read=_mxfp4_reader(key, spec.shape[1:]),
                 read_sliced=True,
                 source_keys=(key + "_blocks", key + "_scales"),
+                peft_parameter=peft_parameter,
             )
         else:
-            out[("layers", name)] = HFTensor(key, transpose=transpose, layered=True)
+            out[("layers", name)] = HFTensor(key, transpose=transpose, layered=True, peft_parameter=peft_parameter)
     return out
 
 
@@ -225,8 +234,8 @@ def attention_block(x: Array, p: dict, cfg: Config, ctx: dict, layer_cache, keys
 def hidden_states(params, cfg, tokens, positions, segment_ids, cache=None, *, lora_key=None, remat="none"):
     """tokens/positions/segment_ids [B, T] -> final-normed hidden [B, T, D] (and the updated cache)."""
 
-    def experts(h: Array, p: dict, keys) -> Array:  # no LoRA on experts, so no dropout keys
-        return moe_mlp(h, p, cfg.num_experts_per_token, cfg.swiglu_alpha, cfg.swiglu_limit)
+    def experts(h: Array, p: dict, keys) -> Array:
+        return moe_mlp(h, p, cfg.num_experts_per_token, cfg.swiglu_alpha, cfg.swiglu_limit, keys=keys)
 
     sliding = {"is_sliding": jnp.asarray(np.array([t == SLIDING for t in cfg.layer_types]))}  # [L]
     layers = decoder.uniform_layers(

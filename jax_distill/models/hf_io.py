@@ -56,6 +56,10 @@ class HFTensor:
     write: Callable[[np.ndarray, int | None], dict[str, np.ndarray]] | None = None
     source_keys: tuple[str, ...] = ()  # HF keys consumed by a custom `read` (for missing/unexpected checks)
     read_sliced: bool = False  # `read(reader, layer, index)` returns just that block (big quantized tensors)
+    # PEFT adapts it as a parameter (`target_parameters`), not as an nn.Linear module (`target_modules`):
+    # stacked expert weights [E, in, out] and weights of modules that are not nn.Linear (gpt-oss's router).
+    # Parameters of one HF module are listed in the module's registration order, which is peft's nesting order.
+    peft_parameter: bool = False
 
     def hf_key(self, layer: int | None) -> str:
         return self.key.format(i=layer)

@@ -66,19 +66,30 @@ class Adapted:
 
 def linear(x: Array, w: Array | Adapted, bias: Array | None = None, dropout_key: Array | None = None) -> Array:
     """x @ w (+ LoRA) (+ bias); w is [in, out]."""
-    if isinstance(w, Adapted):
-        base, lora = w.base, w.lora
-        y = x @ base.astype(x.dtype)
-        xa = x
-        if dropout_key is not None and lora.dropout > 0.0:
-            keep = jax.random.bernoulli(dropout_key, 1.0 - lora.dropout, x.shape)
-            xa = jnp.where(keep, x / (1.0 - lora.dropout), 0).astype(x.dtype)
-        y = y + ((xa @ lora.a.astype(x.dtype)) @ lora.b.astype(x.dtype)) * jnp.asarray(lora.scale, x.dtype)
-    else:
-        y = x @ w.astype(x.dtype)
+    y = lora_matmul(lambda inputs, m: inputs @ m, x, w, dropout_key)
     if bias is not None:
         y = y + bias.astype(y.dtype)
     return y
+
+
+def lora_matmul(matmul: Callable[[Array, Array], Array], x: Array, w: Array | Adapted,
+                dropout_key: Array | None = None) -> Array:
+    """matmul(x, w) for a plain or adapted weight: base product + scale * matmul(matmul(dropout(x), a), b).
+
+    The adapter runs on activations, never as a merged weight, so the same rule serves dense projections
+    and grouped expert matmuls (moe.py: a per-expert pair a [E, in, r], b [E, r, out]). Operands are cast
+    to x's dtype; the low-rank activation too, before its second product.
+    """
+    if not isinstance(w, Adapted):
+        return matmul(x, w.astype(x.dtype))
+    lora = w.lora
+    y = matmul(x, w.base.astype(x.dtype))
+    xa = x
+    if dropout_key is not None and lora.dropout > 0.0:
+        keep = jax.random.bernoulli(dropout_key, 1.0 - lora.dropout, x.shape)
+        xa = jnp.where(keep, x / (1.0 - lora.dropout), 0).astype(x.dtype)
+    low = matmul(xa, lora.a.astype(x.dtype)).astype(x.dtype)  # [..., r]
+    return y + matmul(low, lora.b.astype(x.dtype)) * jnp.asarray(lora.scale, y.dtype)
 
 
 def weight(w: Array | Adapted) -> Array:

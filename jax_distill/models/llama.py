@@ -87,9 +87,7 @@ def param_specs(cfg: Config) -> dict:
         "input_norm": ParamSpec((D,), ("norm",), "ones"),
         **decoder.attention_specs(cfg, cfg.attention_bias, cfg.qk_norm),
         "post_norm": ParamSpec((D,), ("norm",), "ones"),
-        "gate_proj": ParamSpec((D, F), ("embed", "mlp")),
-        "up_proj": ParamSpec((D, F), ("embed", "mlp")),
-        "down_proj": ParamSpec((F, D), ("mlp", "embed")),
+        **decoder.mlp_specs(cfg),
     }
     if cfg.mlp_bias:
         layer |= {

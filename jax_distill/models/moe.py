@@ -13,6 +13,8 @@ F expert width (the fused gate/up projection is 2F wide, gate and up interleaved
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 
@@ -21,9 +23,9 @@ from jax_distill.models import layers as L
 Array = jax.Array
 
 
-def route(x: Array, weight, bias: Array, k: int) -> tuple[Array, Array]:
+def route(x: Array, weight, bias: Array, k: int, dropout_key: Array | None = None) -> tuple[Array, Array]:
     """Top-k on the router logits, then softmax over those k: fp32 weights [T, k], expert ids [T, k]."""
-    logits = L.linear(x, weight, bias).astype(jnp.float32)  # [T, E]
+    logits = L.linear(x, weight, bias, dropout_key).astype(jnp.float32)  # [T, E]
     top, expert_ids = jax.lax.top_k(logits, k)
     return jax.nn.softmax(top, axis=-1), expert_ids
 
@@ -37,11 +39,15 @@ def clamped_swiglu(gate_up: Array, alpha: float, limit: float) -> Array:
 
 
 def experts(
-    x: Array, weights: Array, expert_ids: Array, p: dict, alpha: float, limit: float, impl: str | None = None
-) -> Array:
+    x: Array, weights: Array, expert_ids: Array, p: dict, alpha: float, limit: float, impl: str | None = None,
+    keys: Callable[[str], Array | None] = lambda name: None,
+) -> Array:  # fmt: skip
     """Weighted sum of each token's k experts. x [T, D], weights/expert_ids [T, k] -> [T, D].
 
-    p holds gate_up_proj [E, D, 2F], gate_up_bias [E, 2F], down_proj [E, F, D], down_bias [E, D].
+    p holds gate_up_proj [E, D, 2F], gate_up_bias [E, 2F], down_proj [E, F, D], down_bias [E, D]; either
+    projection may be LoRA-adapted (`layers.Adapted` with a [E, in, r], b [E, r, out]): each expert's
+    pair runs through the same grouped matmul as its base weight (`layers.lora_matmul`), with LoRA
+    dropout keyed by `keys(projection name)`.
     `impl`: "ragged" (lax.ragged_dot: native on TPU; CPU and GPU lower it to a masked dense product
     over all E groups, k times the all-experts cost) or "blocked" (groups padded to row blocks, one
     scanned matmul per block: A + E*block rows in all). Default: ragged on TPU, blocked elsewhere.
@@ -50,27 +56,29 @@ def experts(
     if impl not in ("ragged", "blocked"):
         raise ValueError(f"unknown MoE impl {impl!r}; choose 'ragged' or 'blocked'")
     T, k = expert_ids.shape
-    gate_up, down = L.weight(p["gate_up_proj"]), L.weight(p["down_proj"])
-    E = gate_up.shape[0]
+    gate_up, down = p["gate_up_proj"], p["down_proj"]
+    E = (gate_up.base if isinstance(gate_up, L.Adapted) else gate_up).shape[0]
     flat = expert_ids.reshape(-1)  # [A = T*k] assignments
     order = jnp.argsort(flat, stable=True)  # assignments grouped by expert
     sorted_experts = flat[order]
     token = order // k
     group_sizes = jnp.bincount(flat, length=E).astype(jnp.int32)  # [E]
     if impl == "ragged":
+        ragged = lambda rows, w: jax.lax.ragged_dot(rows, w, group_sizes, preferred_element_type=jnp.float32)  # noqa: E731
         xs = x[token]  # [A, D]
-        h = jax.lax.ragged_dot(xs, gate_up.astype(x.dtype), group_sizes, preferred_element_type=jnp.float32)
+        h = L.lora_matmul(ragged, xs, gate_up, keys("gate_up_proj"))
         h = h + p["gate_up_bias"].astype(jnp.float32)[sorted_experts]  # [A, 2F]
         a = clamped_swiglu(h, alpha, limit).astype(x.dtype)  # [A, F]
-        y = jax.lax.ragged_dot(a, down.astype(x.dtype), group_sizes, preferred_element_type=jnp.float32)
+        y = L.lora_matmul(ragged, a, down, keys("down_proj"))
         y = y + p["down_bias"].astype(jnp.float32)[sorted_experts]  # [A, D]
     else:
         row, block_expert, b = _block_layout(sorted_experts, group_sizes, E)
         row_token = jnp.zeros(block_expert.shape[0] * b, jnp.int32).at[row].set(token)  # pad rows read token 0
-        h = grouped_matmul(x[row_token], gate_up.astype(x.dtype), block_expert)  # [R, 2F] fp32
+        blocked = lambda rows, w: grouped_matmul(rows, w, block_expert)  # noqa: E731
+        h = L.lora_matmul(blocked, x[row_token], gate_up, keys("gate_up_proj"))  # [R, 2F] fp32
         h = h + jnp.repeat(p["gate_up_bias"].astype(jnp.float32)[block_expert], b, axis=0)
         a = clamped_swiglu(h, alpha, limit).astype(x.dtype)
-        y = grouped_matmul(a, down.astype(x.dtype), block_expert)  # [R, D]
+        y = L.lora_matmul(blocked, a, down, keys("down_proj"))  # [R, D]
         y = y[row] + p["down_bias"].astype(jnp.float32)[sorted_experts]  # [A, D]; pad rows never read
     y = y * weights.reshape(-1)[order][:, None]
     return jnp.zeros((T, x.shape[-1]), jnp.float32).at[token].add(y).astype(x.dtype)
@@ -146,9 +154,13 @@ def _grouped_matmul_bwd(res, dy):
 grouped_matmul.defvjp(_grouped_matmul_fwd, _grouped_matmul_bwd)
 
 
-def moe_mlp(x: Array, p: dict, num_experts_per_token: int, alpha: float, limit: float, impl: str | None = None) -> Array:
-    """The gpt-oss MLP on x [B, T, D]: route every token, run its experts, combine."""
+def moe_mlp(
+    x: Array, p: dict, num_experts_per_token: int, alpha: float, limit: float, impl: str | None = None,
+    keys: Callable[[str], Array | None] = lambda name: None,
+) -> Array:  # fmt: skip
+    """The gpt-oss MLP on x [B, T, D]: route every token, run its experts, combine (LoRA dropout keys
+    per projection name from `keys`)."""
     B, T, D = x.shape
     flat = x.reshape(B * T, D)
-    weights, expert_ids = route(flat, p["router"], p["router_bias"], num_experts_per_token)
-    return experts(flat, weights, expert_ids, p, alpha, limit, impl).reshape(B, T, D)
+    weights, expert_ids = route(flat, p["router"], p["router_bias"], num_experts_per_token, keys("router"))
+    return experts(flat, weights, expert_ids, p, alpha, limit, impl, keys).reshape(B, T, D)

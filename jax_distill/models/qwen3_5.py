@@ -176,26 +176,25 @@ def param_specs(cfg: Config) -> dict:
     common = {
         "input_norm": ParamSpec((D,), ("norm",), "zeros"),  # zero-centred: scale 1 + w
         "post_norm": ParamSpec((D,), ("norm",), "zeros"),
-        "gate_proj": ParamSpec((D, F), ("embed", "mlp")),
-        "up_proj": ParamSpec((D, F), ("embed", "mlp")),
-        "down_proj": ParamSpec((F, D), ("mlp", "embed")),
+        **decoder.mlp_specs(cfg),
     }
+    mixer = "linear_attention"  # every DeltaNet projection is a LoRA target by default, as attention's are
     delta = common | {
-        "in_proj_qkv": ParamSpec((D, d["conv"]), ("embed", "heads")),
-        "in_proj_z": ParamSpec((D, d["value"]), ("embed", "heads")),
-        "in_proj_b": ParamSpec((D, Nv), ("embed", None)),
-        "in_proj_a": ParamSpec((D, Nv), ("embed", None)),
+        "in_proj_qkv": ParamSpec((D, d["conv"]), ("embed", "heads"), lora_role=mixer),
+        "in_proj_z": ParamSpec((D, d["value"]), ("embed", "heads"), lora_role=mixer),
+        "in_proj_b": ParamSpec((D, Nv), ("embed", None), lora_role=mixer),
+        "in_proj_a": ParamSpec((D, Nv), ("embed", None), lora_role=mixer),
         "conv1d": ParamSpec((W, d["conv"]), ("conv", "heads"), scale=0.5),
         "dt_bias": ParamSpec((Nv,), (None,), "ones"),
         "A_log": ParamSpec((Nv,), (None,), "zeros"),
         "norm": ParamSpec((cfg.linear_value_head_dim,), ("norm",), "ones"),  # gated norm: plain weight
-        "out_proj": ParamSpec((d["value"], D), ("heads", "embed")),
+        "out_proj": ParamSpec((d["value"], D), ("heads", "embed"), lora_role=mixer),
     }
     attn = common | {
-        "q_proj": ParamSpec((D, 2 * NH), ("embed", "heads")),  # per head: [query | gate]
-        "k_proj": ParamSpec((D, KH), ("embed", "kv_heads")),
-        "v_proj": ParamSpec((D, KH), ("embed", "kv_heads")),
-        "o_proj": ParamSpec((NH, D), ("heads", "embed")),
+        "q_proj": ParamSpec((D, 2 * NH), ("embed", "heads"), lora_role="attention"),  # per head: [query | gate]
+        "k_proj": ParamSpec((D, KH), ("embed", "kv_heads"), lora_role="attention"),
+        "v_proj": ParamSpec((D, KH), ("embed", "kv_heads"), lora_role="attention"),
+        "o_proj": ParamSpec((NH, D), ("heads", "embed"), lora_role="attention"),
         "q_norm": ParamSpec((H,), ("norm",), "zeros"),
         "k_norm": ParamSpec((H,), ("norm",), "zeros"),
     }
