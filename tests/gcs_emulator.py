@@ -8,6 +8,7 @@ orbax) and GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false (set before gcsfs is imported
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -94,3 +95,20 @@ class FakeGCS:
     def apply_env(self) -> None:
         """Point this process's clients at the emulator (call before gcsfs/tensorstore are used)."""
         os.environ.update(self.env)
+
+
+@contextlib.contextmanager
+def serving(root: Path):
+    """A started emulator with this process's clients pointed at it; the environment is restored after."""
+    server = FakeGCS(root).start()
+    old = {k: os.environ.get(k) for k in server.env}
+    server.apply_env()
+    try:
+        yield server
+    finally:
+        server.stop()
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
