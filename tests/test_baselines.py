@@ -3,7 +3,6 @@ verified sample of each question, post_think keeps the teacher's visible text on
 records, and the gpt-oss effort presets render harmony prompts at the asked reasoning effort."""
 
 import json
-import statistics
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -38,25 +37,25 @@ def test_shortest_correct_picks_the_shortest_verified_sample(tmp_path):
     out = tmp_path / "shortest"
     summary = compress.run(compress_cfg(raw_dir, out, "shortest_correct", student_tokenizer=tok, chunk_size=5))
     total = summary["total"]
-    assert summary["balanced"] and total["inputs"] == len(raws) and total["questions"] == len(by_question)
-    assert total["compressed"] == len(by_question) and total["not_chosen"] == len(raws) - len(by_question)
-    got = {r["problem_id"]: r for r in store.read_records(str(out))}
-    assert set(got) == set(by_question)
+    assert summary["balanced"] and total["inputs"] == total["compressed"] == len(raws)
+    assert total["questions"] == len(by_question)
+    got = {r["meta"]["source_id"]: r for r in store.read_records(str(out))}
+    assert set(got) == {r["id"] for r in raws}  # one twin per raw training example, as raw trains on all
     for pid, samples in by_question.items():
-        rec, meta = got[pid], got[pid]["meta"]
         shortest = min(len(s["trace"]) for s in samples)
         expect = min(s["id"] for s in samples if len(s["trace"]) == shortest)  # ties: the smaller id
-        assert rec["id"] == f"{expect}/compressed" and meta["source_id"] == meta["chosen"] == expect
-        assert rec["variant"] == "compressed" and meta["compressor"] == "shortest_correct"
         chosen = next(s for s in samples if s["id"] == expect)
-        assert rec["trace"] == chosen["trace"] and rec["answer"] == chosen["answer"]
-        assert meta["sample_index"] == int(expect.rsplit("/s", 1)[1]) and meta["drawn"] == 4
-        assert meta["candidates"] == len(samples) and meta["candidate_ids"] == sorted(s["id"] for s in samples)
-        # rho against what raw training spends on the question: the mean over all its verified samples
-        mean_chars = statistics.fmean(len(s["trace"]) for s in samples)
-        assert meta["rho_chars"] == pytest.approx(shortest / mean_chars) and meta["rho_chars"] <= 1
-        mean_tokens = statistics.fmean(s["meta"]["student_tokens"] for s in samples)
-        assert meta["rho_tokens"] == pytest.approx(chosen["meta"]["student_tokens"] / mean_tokens)
+        ranked = sorted(samples, key=lambda s: (len(s["trace"]), s["id"]))
+        for source in samples:
+            rec, meta = got[source["id"]], got[source["id"]]["meta"]
+            assert rec["id"] == f"{source['id']}/compressed" and rec["variant"] == "compressed"
+            assert rec["trace"] == chosen["trace"] and rec["answer"] == chosen["answer"]
+            assert meta["chosen"] == expect and meta["compressor"] == "shortest_correct"
+            assert meta["chosen_sample_index"] == int(expect.rsplit("/s", 1)[1]) and meta["drawn"] == 4
+            assert meta["candidates"] == len(samples) and meta["rank_by_length"] == ranked.index(source) + 1
+            # rho against the raw example this twin replaces in training
+            assert meta["rho_chars"] == pytest.approx(shortest / len(source["trace"])) and meta["rho_chars"] <= 1
+            assert meta["rho_tokens"] == pytest.approx(chosen["meta"]["student_tokens"] / source["meta"]["student_tokens"])
     assert summary["table"][0]["compressor"] == "shortest_correct"
     again = compress.run(compress_cfg(raw_dir, out, "shortest_correct", student_tokenizer=tok, chunk_size=5))
     assert again["this_run"] == {}  # resumes: every question finished

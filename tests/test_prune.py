@@ -89,7 +89,7 @@ def test_prune_tokens_removes_the_lowest_surprisal_tokens(tmp_path):
     assert max(surprisal[i] for i in gone) <= min(surprisal[i] for i in order[removed:])  # ties: repeated bigrams
     assert len(tok(rec["trace"], add_special_tokens=False)["input_ids"]) == rec["meta"]["student_tokens"] <= budget
     assert rec["trace"].endswith(f"answer is {PROBLEM.gold}.") or PROBLEM.gold in rec["trace"]
-    assert rec["answer"] == ANSWER and rec["variant"] == "pruned" and rec["id"].endswith("/prune_tokens")
+    assert rec["answer"] == ANSWER and rec["variant"] == "pruned" and rec["id"] == f"{PROBLEM.id}-0/s0/pruned"
 
 
 def test_prune_steps_removes_the_steps_the_answer_needs_least(tmp_path):

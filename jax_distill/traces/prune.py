@@ -22,7 +22,8 @@ any compressed trace (compress.failures: shorter than the raw trace, states no o
 known one when require_answer); every input ends as pruned, within_budget (the raw trace already fits;
 kept whole, still written), dropped (failed validation, or the protected answer alone exceeds the budget:
 budget_below_answer; by reason) or errors (missing_raw); bad input rows are skipped and counted.
-Records: variant "pruned", id "{raw id}/prune_tokens" or "{raw id}/prune_steps".
+Records: variant "pruned", id "{raw id}/pruned" (store.py's id rule, so matched sets pair it with its raw
+trace); meta.mode says tokens or steps.
 """
 
 from __future__ import annotations
@@ -232,7 +233,7 @@ def process_chunk(items: list[tuple[tuple | None, tuple | None]], scorer: Scorer
     from jax_distill.traces.compress import failures
 
     kind, value = parse_budget(config.budget)
-    name = f"prune_{config.mode}"
+    name = "pruned"  # ids "{raw id}/pruned" (store.py's rule; the mode is in meta and the folder name)
     records, errors, buckets, failed = [], [], Counter(), Counter()
     jobs = []  # (raw, budget, twin)
     for twin_loc, raw_loc in items:
@@ -315,7 +316,7 @@ def run(config: ConfigDict, scorer: Scorer | None = None) -> dict:
     bad = []
     skip = None if config.strict else bad.append
     raws = store.index_records(config.raw_dir, variant="raw", skip=skip)
-    name = f"prune_{config.mode}"
+    name = "pruned"
     if parse_budget(config.budget)[0] == "match":
         twins = store.index_records(config.match_dir, variant="compressed", skip=skip)
         items = {}

@@ -3,15 +3,16 @@ baselines a rewrite must beat. The compress stage runs them (compressor.kind, sa
 format: variant "compressed", ids "{raw id}/compressed", meta.compressor = the kind or its name).
 
   shortest_correct  per question, of its verified samples in the raw folder (the K drawn, minus the
-                    rejected ones), the shortest trace in characters (ties: the smaller record id). One
-                    record per question. meta: chosen (= source_id), sample_index (k of "/s{k}": which of
+                    rejected ones), the shortest trace in characters (ties: the smaller record id). The
+                    pairing with raw: raw training under keep=all_correct trains on EVERY verified sample,
+                    so each of them gets a twin "{sample id}/compressed" carrying the question's shortest
+                    trace (and its answer): the same training examples and ids as raw (matched sets pair
+                    them one to one), only the trace replaced; rho_chars = chars(shortest) / chars(that
+                    sample), rho_tokens likewise in student tokens (1 for the chosen sample's own twin).
+                    meta: chosen (the shortest sample's id), chosen_sample_index (k of "/s{k}": which of
                     the K draws it was), drawn (K, the teacher's sampling.n), candidates (verified samples
-                    of the question), candidate_ids, rank_by_length (1: the shortest; the rank among the
-                    candidates sorted by (chars, id)). The pairing of rho: raw training under
-                    keep=all_correct trains on EVERY verified sample of the question, so the raw side of
-                    rho is the question's mean over those candidates: rho_chars = chars(chosen) / mean
-                    chars(candidates) (raw_chars holds that mean), rho_tokens likewise in student tokens.
-                    Inputs are raw records: each ends as compressed (the chosen one) or not_chosen.
+                    of the question), rank_by_length (of this record's own sample among them, 1 = the
+                    chosen). Inputs are raw records; every one ends compressed.
   post_think        per raw record, the visible text after the reasoning block (the record's answer
                     field: a think model's text after </think>, harmony's final channel) becomes the
                     trace, one statement per line (its lines; its sentences when it is one line); the
@@ -29,7 +30,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import statistics
 import time
 from collections import Counter, defaultdict
 
@@ -54,27 +54,27 @@ def _sample_index(record_id: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def shortest_correct(samples: list[dict], name: str, student: StudentTokens) -> dict:
-    """The compressed record of one question from its verified raw samples (see the module docstring)."""
+def shortest_correct(samples: list[dict], name: str, student: StudentTokens) -> list[dict]:
+    """The compressed records of one question from its verified raw samples (see the module docstring)."""
     ordered = sorted(samples, key=lambda r: (len(r["trace"]), r["id"]))
     chosen = ordered[0]
-    mean_chars = statistics.fmean(len(r["trace"]) for r in samples)
-    tokens = [_student_tokens(r, student) for r in samples]
-    mean_tokens = statistics.fmean(tokens) if all(t is not None for t in tokens) else None
     chosen_tokens = _student_tokens(chosen, student)
-    meta = {
-        "stage": "compress", "time": time.time(), "source_id": chosen["id"], "compressor": name,
-        "chosen": chosen["id"], "sample_index": _sample_index(chosen["id"]),
-        "drawn": (chosen["meta"].get("sampling") or {}).get("n"), "candidates": len(samples),
-        "candidate_ids": sorted(r["id"] for r in samples), "rank_by_length": 1,
-        "raw_chars": mean_chars, "rho_chars": len(chosen["trace"]) / max(mean_chars, 1),
-        "student_tokens": chosen_tokens, "raw_student_tokens": mean_tokens,
-        "rho_tokens": chosen_tokens / mean_tokens if chosen_tokens is not None and mean_tokens else None,
-        "pairing": "question_mean", "attempts": 1,
-        "teacher": {k: chosen["meta"].get(k) for k in ("engine", "model")},
-    }
-    return store.make_record(id=f"{chosen['id']}/compressed", problem=chosen, answer=chosen["answer"],
-                             trace=chosen["trace"], variant="compressed", meta=meta)
+    out = []
+    for rank, source in enumerate(ordered, 1):
+        source_tokens = _student_tokens(source, student)
+        meta = {
+            "stage": "compress", "time": time.time(), "source_id": source["id"], "compressor": name,
+            "chosen": chosen["id"], "chosen_sample_index": _sample_index(chosen["id"]),
+            "drawn": (chosen["meta"].get("sampling") or {}).get("n"), "candidates": len(samples),
+            "rank_by_length": rank, "raw_chars": len(source["trace"]),
+            "rho_chars": len(chosen["trace"]) / max(len(source["trace"]), 1),
+            "student_tokens": chosen_tokens, "raw_student_tokens": source_tokens,
+            "rho_tokens": chosen_tokens / source_tokens if chosen_tokens is not None and source_tokens else None,
+            "attempts": 1, "teacher": {k: chosen["meta"].get(k) for k in ("engine", "model")},
+        }
+        out.append(store.make_record(id=f"{source['id']}/compressed", problem=chosen, answer=chosen["answer"],
+                                     trace=chosen["trace"], variant="compressed", meta=meta))
+    return sorted(out, key=lambda r: r["id"])
 
 
 def statements(text: str) -> list[str]:
@@ -158,13 +158,12 @@ def shortest_chunk(groups: list[list[tuple]], name: str, student: StudentTokens)
     records, counts = [], Counter()
     for locations in groups:
         samples = [store.read_at(*loc) for loc in locations]
-        records.append(shortest_correct(samples, name, student))
+        records += shortest_correct(samples, name, student)
         counts["inputs"] += len(samples)
-        counts["compressed"] += 1
-        counts["not_chosen"] += len(samples) - 1
+        counts["compressed"] += len(samples)
         counts["questions"] += 1
         counts["single_candidate"] += len(samples) == 1
-    return records, [], {"inputs": 0, "compressed": 0, "not_chosen": 0, "errors": {}, **counts}
+    return records, [], {"inputs": 0, "compressed": 0, "errors": {}, **counts}
 
 
 def run(config: ConfigDict) -> dict:
@@ -180,7 +179,7 @@ def run(config: ConfigDict) -> dict:
             by_question[problem].append(loc)
         work = {f"question:{p}": locs for p, locs in by_question.items()}
         process = lambda chunk: shortest_chunk(chunk, name, student)  # noqa: E731
-        balance = ("inputs", ("compressed", "not_chosen", "errors"))
+        balance = ("inputs", ("compressed", "errors"))
     else:
         work = items
         process = lambda chunk: post_think_chunk([store.read_at(*loc) for loc in chunk], name, config, student)  # noqa: E731
