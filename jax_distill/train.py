@@ -55,7 +55,7 @@ class Clock:
         self.before, self.start, self.sharding = float(state.time_s), time.perf_counter(), sharding
 
     def stamp(self, state: TrainState) -> TrainState:
-        seconds = self.before + time.perf_counter() - self.start
+        seconds = distributed.host0_value(self.before + time.perf_counter() - self.start)  # one value on all hosts
         return dataclasses.replace(state, time_s=jax.device_put(jnp.asarray(seconds, jnp.float32), self.sharding))
 
 
@@ -153,11 +153,12 @@ def run(config: ConfigDict, hooks: Sequence[Hook] = ()) -> dict:
     summary also written to <run_dir>/train_summary.json (beside train_config.json, the config it ran),
     or {"status": "preempted"} after SIGTERM."""
     config_lib.validate(config)
+    distributed.initialize()  # before anything asks jax about processes or devices
     c = _derived(config)
     t = c.train
     _probe_storage(c)
-    if builtin.wanted(c):
-        builtin.prepare(c)
+    if builtin.wanted(c):  # host 0 makes the built-in data, the others read it
+        builtin.prepare(c, make=jax.process_index() == 0)
     _write_config(c)
     distributed.initialize()
     mesh = make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
@@ -166,10 +167,9 @@ def run(config: ConfigDict, hooks: Sequence[Hook] = ()) -> dict:
     trainable, frozen = stu.split(stu.model.params)
     tok_dir = student_lib.tokenizer_path(c.model.path, t.tokenizer)
     tokenizer = _tokenizer(tok_dir)
-    local_batch = _local_batch(t.batch_size)
-    steps = total_steps(c, tokenizer, local_batch)
-    dataset, stats = data_lib.make_dataset(c.data, tokenizer, seq_len=t.seq_len, batch_size=local_batch, seed=t.seed,
-                                           process_index=jax.process_index(), process_count=jax.process_count())
+    shards, n_shards = distributed.host_shards(t.data_shards, t.batch_size)
+    steps = total_steps(c, tokenizer, shards, n_shards)
+    dataset, stats = _host_dataset(c.data, tokenizer, t, shards, n_shards)
     iterator = iter(dataset)
     tx, schedule = optim.make(c.optim, steps)
     state, state_sh = _initial_state(stu, trainable, tx, mesh, t.seed)
@@ -190,12 +190,12 @@ def run(config: ConfigDict, hooks: Sequence[Hook] = ()) -> dict:
     try:
         with _sigterm() as preempted:
             state, step = train_loop(step_fn, state, frozen, _global_batches(iterator, batch_sh, t), steps,
-                                     [logged, finite, save, *hooks], stop=lambda: _any_host(preempted))
+                                     [logged, finite, save, *hooks], stop=lambda: distributed.any_host(bool(preempted)))
             state = save.finish(step, state)
     finally:
         writer.close()
         ckpt.close()
-    if step < steps and _any_host(preempted):
+    if step < steps and distributed.any_host(bool(preempted)):
         print(f"SIGTERM: saved step {step} to {ckpt.directory}; rerun the same command to resume", file=sys.stderr)
         return {"status": "preempted", "steps": step}
     last_row = logged.last or _last_row(os.path.join(t.run_dir, "metrics.jsonl"), step)  # resumed at the end
@@ -209,18 +209,24 @@ def run(config: ConfigDict, hooks: Sequence[Hook] = ()) -> dict:
     return summary
 
 
-def total_steps(config: ConfigDict, tokenizer, local_batch: int) -> int:
-    """train.steps, or one pass over the data times data.num_epochs (the fewest batches of any host)."""
-    if config.train.steps > 0:
-        return config.train.steps
-    kwargs = dict(seq_len=config.train.seq_len, batch_size=local_batch, seed=config.train.seed,
-                  process_index=jax.process_index(), process_count=jax.process_count())
-    n, _ = data_lib.count_batches(config.data, tokenizer, **kwargs)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
+def total_steps(config: ConfigDict, tokenizer, shards: range, n_shards: int) -> int:
+    """train.steps, or one pass over the data times data.num_epochs (the fewest batches of any shard)."""
+    t = config.train
+    if t.steps > 0:
+        return t.steps
+    kwargs = dict(seq_len=t.seq_len, batch_size=t.batch_size // n_shards, seed=t.seed, process_count=n_shards)
+    n = min(data_lib.count_batches(config.data, tokenizer, process_index=s, **kwargs)[0] for s in shards)
+    return distributed.host_min(n) * max(config.data.num_epochs, 1)
 
-        n = int(np.min(multihost_utils.process_allgather(np.asarray(n))))
-    return n * max(config.data.num_epochs, 1)
+
+def _host_dataset(data: ConfigDict, tokenizer, t: ConfigDict, shards: range, n_shards: int):
+    """(batches, DataStats) of this host's rows of every global batch: its data shards' side by side."""
+    parts = {s: data_lib.make_dataset(data, tokenizer, seq_len=t.seq_len, batch_size=t.batch_size // n_shards,
+                                      seed=t.seed, process_index=s, process_count=n_shards) for s in shards}
+    if len(parts) == 1:  # the pipeline's own iterator (and checkpointed state, as one-shard runs always had)
+        return parts[shards[0]]
+    return (distributed.ShardBatches({s: ds for s, (ds, _) in parts.items()}),
+            distributed.ShardStats([stats for _, stats in parts.values()]))
 
 
 def _derived(config: ConfigDict) -> ConfigDict:
@@ -253,13 +259,6 @@ def _tokenizer(folder: str):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(folder)
-
-
-def _local_batch(batch_size: int) -> int:
-    """This host's rows of each global batch."""
-    if batch_size % jax.process_count():
-        raise ValueError(f"config.train.batch_size {batch_size} does not divide over {jax.process_count()} hosts")
-    return batch_size // jax.process_count()
 
 
 def _initial_state(stu: student_lib.Student, trainable, tx, mesh, seed: int) -> tuple[TrainState, TrainState]:
@@ -295,9 +294,10 @@ def _resume(ckpt: checkpoint.Checkpointer, state: TrainState, state_sh: TrainSta
 
 
 def _global_batches(iterator, sharding, t: ConfigDict) -> Iterator[dict]:
-    """This host's batches as global arrays [batch_size, seq_len] on the mesh."""
+    """This host's batches as global arrays [batch_size, seq_len] on the mesh; they end on every host when
+    one host's data ends (the others would wait for it in the step's collectives)."""
     shape = (t.batch_size, t.seq_len)
-    for local in iterator:
+    while not distributed.any_host((local := next(iterator, None)) is None):
         yield {k: jax.make_array_from_process_local_data(sharding, local[k], shape) for k in state_lib.BATCH_KEYS}
 
 
@@ -318,15 +318,6 @@ def _sigterm() -> Iterator[list]:
         yield seen
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _any_host(flag: list) -> bool:
-    """SIGTERM seen on any host: all hosts stop at the same step (and save together)."""
-    if jax.process_count() == 1:
-        return bool(flag)
-    from jax.experimental import multihost_utils
-
-    return bool(np.any(multihost_utils.process_allgather(np.asarray(bool(flag)))))
 
 
 def _export(c: ConfigDict, stu: student_lib.Student, params, tok_dir: str) -> dict[str, str]:

@@ -21,15 +21,24 @@ def wanted(c: ConfigDict) -> bool:
     return not c.data.path and c.data.builtin_problems > 0
 
 
-def prepare(c: ConfigDict) -> None:
+def prepare(c: ConfigDict, make: bool = True) -> None:
     """Make the built-in traces (and tokenizer) under c.train.run_dir and point c.data.path (and
-    c.train.tokenizer) at them."""
+    c.train.tokenizer) at them. With several hosts one makes them (`make`) while the others wait at the
+    barrier that follows, then only point at them."""
+    from jax_distill.parallel import distributed
+
     folder = os.path.join(c.train.run_dir, "builtin")
     traces = os.path.join(folder, "traces")
-    _traces(traces, c.data.builtin_problems)
+    tokenizer = os.path.join(folder, "tokenizer")
+    needs_tokenizer = not c.model.path and not c.train.tokenizer
+    if make:
+        _traces(traces, c.data.builtin_problems)
+        if needs_tokenizer:
+            _tokenizer(traces, tokenizer, c.model.hf.vocab_size)
+    distributed.barrier("built-in training data")
     c.data.path = (traces,)
-    if not c.model.path and not c.train.tokenizer:
-        c.train.tokenizer = _tokenizer(traces, os.path.join(folder, "tokenizer"), c.model.hf.vocab_size)
+    if needs_tokenizer:
+        c.train.tokenizer = tokenizer
 
 
 def _traces(out_dir: str, problems: int) -> None:
@@ -47,7 +56,7 @@ def _traces(out_dir: str, problems: int) -> None:
     generate.run(g)
 
 
-def _tokenizer(traces: str, folder: str, vocab_size: int) -> str:
+def _tokenizer(traces: str, folder: str, vocab_size: int) -> None:
     """A BPE tokenizer trained on the traces' text in `folder` (published whole by a rename; reused)."""
     from jax_distill.models.tiny import train_tokenizer
     from jax_distill.traces.store import read_records
@@ -58,4 +67,3 @@ def _tokenizer(traces: str, folder: str, vocab_size: int) -> str:
         texts = (t for r in read_records(traces) for t in (r["question"], r["trace"], r["answer"]))
         train_tokenizer(texts, partial, vocab_size=vocab_size)
         os.replace(partial, folder)
-    return folder

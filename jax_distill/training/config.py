@@ -83,6 +83,10 @@ def default_config() -> ConfigDict:
     c.train.seq_len = 16384  # tokens per packed row
     c.train.batch_size = 64  # global sequences per optimizer step (split over hosts and devices)
     c.train.grad_accum = 1  # microbatches per step (scan); batch_size must divide by it
+    # the data split into this many shards (records i, i+n, ...), each shuffled and packed on its own into
+    # batch_size / n rows of every batch, hosts reading equal runs of them; 0 = one per host. The batches
+    # depend on this, not on the host count: 1 host or n hosts with the same value train the same run
+    c.train.data_shards = 0
     c.train.loss_chunk = 2048  # sequence chunk for vocab projection + cross-entropy (memory); 0 = whole row
     c.train.steps = 0  # 0 = one pass over the data times data.num_epochs (counted at start)
     c.train.seed = 0  # data order, LoRA init, dropout
@@ -159,6 +163,9 @@ def validate(c: ConfigDict) -> None:
     _count(c, "train.batch_size", 1)
     _count(c, "train.grad_accum", 1)
     checks.need(t.batch_size % t.grad_accum == 0, "train.grad_accum", f"must divide train.batch_size ({t.batch_size})")
+    _count(c, "train.data_shards", 0)
+    checks.need(t.data_shards == 0 or t.batch_size % t.data_shards == 0, "train.data_shards",
+                f"must divide train.batch_size ({t.batch_size}) or be 0 (one per host)")
     _count(c, "train.loss_chunk", 0)
     checks.need(t.loss_chunk == 0 or t.seq_len % t.loss_chunk == 0, "train.loss_chunk",
                 f"must divide train.seq_len ({t.seq_len}) or be 0")
