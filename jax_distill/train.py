@@ -160,7 +160,6 @@ def run(config: ConfigDict, hooks: Sequence[Hook] = ()) -> dict:
     if builtin.wanted(c):  # host 0 makes the built-in data, the others read it
         builtin.prepare(c, make=jax.process_index() == 0)
     _write_config(c)
-    distributed.initialize()
     mesh = make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
     rules = ShardingRules(mesh)
     stu = student_lib.load(c.model, c.method, c.lora, rules, t.seed)
