@@ -91,9 +91,15 @@ def test_end_of_turn_comes_from_the_training_format(student):
     cfg = data_config()
     cfg.end_of_turn = "<|im_end|>"  # data.end_of_turn names it explicitly
     assert ChatFormat(tok, cfg).turn_end_ids() == fmt.turn_end_ids()
-    cfg.end_of_turn = "<|im_start|>"
-    with pytest.raises(DataError, match="end-of-turn probe"):  # the template never writes it after a reply
-        ChatFormat(tok, cfg).turn_end_ids()
+    cfg.end_of_turn = "<|im_start|>"  # named, it is taken as given
+    assert ChatFormat(tok, cfg).turn_end_ids() == tuple(ids(tok, ["<|im_start|>"]))
+    tok = base_tokenizer()
+    # a template whose generation prompt does not start its rendered assistant turn: no turn to read
+    tok.chat_template = tok.chat_template.replace("'<|im_start|>assistant\n'", "'<|im_start|>model\n'")
+    with pytest.raises(DataError, match="end-of-turn probe: chat template is not prefix-preserving"):
+        ChatFormat(tok, data_config()).turn_end_ids()
+    with pytest.raises(DataError, match="jax engine: cannot tell which token ends the assistant turn"):
+        JaxEngine(student[1], tok)
 
 
 def test_evaluation_stops_at_the_end_of_turn(student, tmp_path):

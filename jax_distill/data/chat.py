@@ -177,5 +177,7 @@ class ChatFormat:
         token `encode` keeps: data.end_of_turn, else the template's last special token of the turn).
         Generation stops on it beside EOS: a base checkpoint's EOS (Qwen base: <|endoftext|>) is not
         what ends its ChatML turn (<|im_end|>), and a student that closed its turn would go on writing."""
+        if self.end_of_turn is not None:  # named: no probe (the template may not render the training turn)
+            return (self.end_of_turn,)
         ids, _ = self.encode("What is 1 + 1?", "1 + 1 = 2.", "The answer is 2.", where="end-of-turn probe")
         return (int(ids[-1]),)

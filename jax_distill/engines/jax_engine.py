@@ -59,14 +59,18 @@ class JaxEngine:
     ):
         """chat: chat_config() fields (template, system, template_kwargs...); reasoning: how outputs mark
         reasoning (think | harmony | none; "" = from the template: harmony for gpt-oss, else think)."""
-        from jax_distill.data.chat import ChatFormat
+        from jax_distill.data.chat import ChatFormat, DataError
 
         self.model = model_name or getattr(model, "family", "jax")
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.format = ChatFormat(tokenizer, chat if chat is not None else chat_config())
         self.style = reasoning or ("harmony" if self.format.style == "harmony" else "think")
-        self.end_of_turn_ids = self.format.turn_end_ids()
+        try:
+            self.end_of_turn_ids = self.format.turn_end_ids()
+        except DataError as e:
+            raise DataError(f"jax engine: cannot tell which token ends the assistant turn, so where to stop "
+                            f"generating ({e}); name it in the chat config's end_of_turn") from e
         self.sampler = Sampler(
             model, tokenizer, rules=rules, chunk_size=chunk_size, end_of_turn_ids=self.end_of_turn_ids
         )
