@@ -30,7 +30,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -269,9 +268,9 @@ class Partial:
     """Finished parts of an evaluation under <output_dir>/partial/<part>.json, each stamped with what it
     depends on; `get` returns a part's result only when its stamp matches."""
 
-    def __init__(self, out_dir: Path, config: ConfigDict):
-        self.dir = out_dir / "partial"
-        self.dir.mkdir(parents=True, exist_ok=True)
+    def __init__(self, out_dir: str | Path, config: ConfigDict):
+        self.dir = os.path.join(str(out_dir), "partial")  # local or gs://
+        storage.makedirs(self.dir)
         keys = ("checkpoint", "tokenizer", "dtype", "compute_dtype")
         self.common = {"model": {k: config[k] for k in keys}, "files": checkpoint_files(config.checkpoint)}
 
@@ -280,10 +279,10 @@ class Partial:
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def get(self, part: str, part_config: Any) -> dict | None:
-        path = self.dir / f"{part}.json"
-        if not path.exists():
+        path = os.path.join(self.dir, f"{part}.json")
+        if not storage.exists(path):
             return None
-        saved = json.loads(path.read_text())
+        saved = json.loads(storage.read_bytes(path))
         if saved.get("stamp") != self.stamp(part_config):
             log.info("partial %s: its stamp differs (another checkpoint or config); recomputing", path)
             return None
@@ -291,13 +290,11 @@ class Partial:
         return saved["result"]
 
     def put(self, part: str, part_config: Any, result: dict) -> None:
-        path = self.dir / f"{part}.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"stamp": self.stamp(part_config), "result": _jsonable(result)}, ensure_ascii=False))
-        tmp.replace(path)
+        storage.write_atomic(os.path.join(self.dir, f"{part}.json"),
+                             json.dumps({"stamp": self.stamp(part_config), "result": _jsonable(result)}, ensure_ascii=False))
 
     def remove(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
+        storage.remove_tree(self.dir)
 
 
 def checkpoint_files(checkpoint: str) -> list:
@@ -313,20 +310,15 @@ def checkpoint_files(checkpoint: str) -> list:
     return out
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def run(config: ConfigDict) -> dict:
     """Evaluate `config.checkpoint`; writes eval_results.json (+ eval_samples.jsonl) and returns it. Inputs
     are read first (fail fast); finished parts are kept in <output_dir>/partial/ until the end (resume)."""
     from jax_distill.engines.jax_engine import JaxEngine, load_model
 
     validate(config)
-    out_dir = Path(config.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = config.output_dir  # local or gs://
+    storage.probe(out_dir)
+    storage.makedirs(out_dir)
     start = time.time()
     problems = []
     if config.generation.enabled:
@@ -356,8 +348,8 @@ def run(config: ConfigDict) -> dict:
     if config.generation.enabled:
         part = {k: config[k].to_dict() for k in ("problems", "chat", "generation")}
         metrics = partial.get("generation", part)
-        samples_path = out_dir / "eval_samples.jsonl"
-        if metrics is not None and samples_path.exists():
+        samples_path = os.path.join(out_dir, "eval_samples.jsonl")
+        if metrics is not None and storage.exists(samples_path):
             results["generation"] = metrics
         else:
             student, tokenizer, rules = model()
@@ -368,7 +360,7 @@ def run(config: ConfigDict) -> dict:
             metrics["seconds"] = round(time.time() - t, 2)
             metrics["problems"] = problem_report.get("split", {})
             results["generation"] = metrics
-            _write_atomic(samples_path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+            storage.write_atomic(samples_path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
             partial.put("generation", part, metrics)
         o = results["generation"]["overall"]
         log.info(
@@ -390,8 +382,8 @@ def run(config: ConfigDict) -> dict:
             results["multiple_choice"][task] = res
     results["seconds"] = round(time.time() - start, 2)
     results = _jsonable(results)
-    path = out_dir / "eval_results.json"
-    _write_atomic(path, json.dumps(results, indent=2, ensure_ascii=False))
+    path = os.path.join(out_dir, "eval_results.json")
+    storage.write_atomic(path, json.dumps(results, indent=2, ensure_ascii=False))
     partial.remove()
     log.info("wrote %s", path)
     return results

@@ -42,7 +42,6 @@ every number.
 from __future__ import annotations
 
 import csv
-import glob
 import io
 import json
 import logging
@@ -51,12 +50,11 @@ import os
 import statistics
 import sys
 from collections import defaultdict
-from pathlib import Path
 from typing import Any, Sequence
 
 from ml_collections import ConfigDict
 
-from jax_distill import checks, uncertainty
+from jax_distill import checks, storage, uncertainty
 from jax_distill.records import iter_records, markdown_table
 
 log = logging.getLogger(__name__)
@@ -96,30 +94,29 @@ def validate(config: ConfigDict) -> None:
 # ----------------------------------------------------------------------------- reading runs
 
 
-def _find(run_dir: Path, name: str) -> Path | None:
-    if (run_dir / name).exists():
-        return run_dir / name
-    found = sorted(run_dir.glob(f"*/{name}"))
+def _find(run_dir: str, name: str) -> str | None:
+    if storage.exists(os.path.join(run_dir, name)):
+        return os.path.join(run_dir, name)
+    found = storage.glob(os.path.join(run_dir, "*", name))
     return found[0] if found else None
 
 
-def run_dirs(patterns: Sequence[str]) -> list[Path]:
-    """Directories named by globs; a directory without train_summary.json is searched below for run
-    directories (so the grid's root works too)."""
-    out: list[Path] = []
+def run_dirs(patterns: Sequence[str]) -> list[str]:
+    """Directories (local or gs://) named by globs; a directory without train_summary.json is searched
+    below for run directories (so the grid's root works too)."""
+    out: list[str] = []
     for pattern in patterns:
-        for d in sorted(glob.glob(pattern)):
-            p = Path(d)
-            if not p.is_dir():
+        for d in storage.glob(pattern.rstrip("/")):
+            if not storage.isdir(d):
                 continue
-            if (p / "train_summary.json").exists() or (p / "eval_results.json").exists():
-                out.append(p)
+            if storage.exists(os.path.join(d, "train_summary.json")) or storage.exists(os.path.join(d, "eval_results.json")):
+                out.append(d)
             else:
-                out.extend(q.parent for q in p.rglob("train_summary.json"))
+                out.extend(os.path.dirname(q) for q in storage.glob(os.path.join(d, "**", "train_summary.json")))
     return sorted(set(out))
 
 
-def item_scores(samples_path: Path) -> dict[str, list[float]]:
+def item_scores(samples_path: str) -> dict[str, list[float]]:
     """Per evaluation item: [share of correct samples, mean output tokens] from eval_samples.jsonl."""
     correct, tokens = defaultdict(list), defaultdict(list)
     for where, s in iter_records(str(samples_path)):
@@ -136,15 +133,15 @@ def collect_runs(patterns: Sequence[str]) -> tuple[list[dict], list[str]]:
     the directories left out with the reason."""
     runs, skipped = [], []
     for d in run_dirs(patterns):
-        train_path, eval_path = d / "train_summary.json", _find(d, "eval_results.json")
+        train_path, eval_path = os.path.join(d, "train_summary.json"), _find(d, "eval_results.json")
         if eval_path is None:
             skipped.append(f"{d}: no eval_results.json")
             continue
-        samples_path = eval_path.parent / "eval_samples.jsonl"
+        samples_path = os.path.join(os.path.dirname(eval_path), "eval_samples.jsonl")
         try:
-            train = json.loads(train_path.read_text())
-            results = json.loads(eval_path.read_text())
-            items = item_scores(samples_path) if samples_path.exists() else None
+            train = json.loads(storage.read_bytes(train_path))
+            results = json.loads(storage.read_bytes(eval_path))
+            items = item_scores(samples_path) if storage.exists(samples_path) else None
         except (OSError, ValueError, KeyError) as e:
             skipped.append(f"{d}: unreadable ({e})")
             continue
@@ -359,9 +356,9 @@ def compression_rows(cells: dict[tuple, list[dict]], summaries: dict[tuple, dict
             continue
         for r in runs:
             for folder in r["train"].get("data_path") or ():
-                path = Path(folder) / "summary.json"
-                if path.exists():
-                    stage_summaries[(key[0], comp)] = json.loads(path.read_text())
+                path = os.path.join(folder, "summary.json")
+                if storage.exists(path):
+                    stage_summaries[(key[0], comp)] = json.loads(storage.read_bytes(path))
         raw = summaries.get(key[:3] + (baseline,))
         if raw is not None:
             token_ratios[(key[0], comp)].append(_ratio(summaries[key]["train_tokens"], raw["train_tokens"]))
@@ -532,7 +529,7 @@ def _csv(rows: list[dict]) -> str:
 # ----------------------------------------------------------------------------- plot
 
 
-def plot(summaries: list[dict], path: Path) -> Path:
+def plot(summaries: list[dict], path: str) -> str:
     """One panel per student: accuracy (error bars: 95% interval) against mean output tokens, a marker
     per teacher, a colour per method, each point labelled with its variant."""
     import matplotlib
@@ -564,9 +561,11 @@ def plot(summaries: list[dict], path: Path) -> Path:
         ax.set_title(student)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
     plt.close(fig)
-    return path
+    storage.write_atomic(str(path), png.getvalue())  # local or gs://
+    return str(path)
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -595,8 +594,10 @@ def build(runs: list[dict], baseline: str = "raw", n_boot: int = uncertainty.N_B
 
 def write_report(tables: dict, out_dir: str | os.PathLike, skipped: Sequence[str] = ()) -> dict:
     """Every table as markdown + CSV, the plot and report.json; returns the written paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = str(out_dir)  # local or gs://
+    storage.probe(out)
+    storage.makedirs(out)
+    at = lambda name: os.path.join(out, name)  # noqa: E731
     main_rows, main_cols = wide_table(tables["cells"], tables["variants"])
     markdown = {"main": markdown_table(main_rows, main_cols, lambda _c, v: "-" if v is None else str(v))}
     csv_rows = {"main": tables["cells"]}
@@ -605,12 +606,12 @@ def write_report(tables: dict, out_dir: str | os.PathLike, skipped: Sequence[str
         csv_rows[name] = tables[name]
     paths: dict[str, Any] = {}
     for name, text in markdown.items():
-        (out / f"{name}_table.md").write_text(text)
-        (out / f"{name}_table.csv").write_text(_csv(csv_rows[name]))
-        paths[name] = {"md": str(out / f"{name}_table.md"), "csv": str(out / f"{name}_table.csv")}
-    paths["plot"] = str(plot(tables["cells"], out / "accuracy_vs_length.png")) if tables["cells"] else None
-    (out / "report.json").write_text(json.dumps({**tables, "skipped": list(skipped), "files": paths}, indent=2))
-    paths["json"] = str(out / "report.json")
+        storage.write_atomic(at(f"{name}_table.md"), text)
+        storage.write_atomic(at(f"{name}_table.csv"), _csv(csv_rows[name]))
+        paths[name] = {"md": at(f"{name}_table.md"), "csv": at(f"{name}_table.csv")}
+    paths["plot"] = plot(tables["cells"], at("accuracy_vs_length.png")) if tables["cells"] else None
+    storage.write_atomic(at("report.json"), json.dumps({**tables, "skipped": list(skipped), "files": paths}, indent=2))
+    paths["json"] = at("report.json")
     paths["markdown"] = markdown
     return paths
 

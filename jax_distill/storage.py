@@ -163,7 +163,7 @@ def glob(pattern: str) -> list[str]:
         return sorted("gs://" + p for p in gcs().glob(_key(pattern)))
     import glob as _glob
 
-    return sorted(_glob.glob(pattern))
+    return sorted(_glob.glob(pattern, recursive=True))  # "**": any depth, as gcsfs globs it
 
 
 def size(path) -> int:
@@ -246,3 +246,15 @@ def remove_if_unchanged(path, data: bytes) -> bool:
             os.link(moved, path)  # another writer's file: back in place (never over a newer one)
     os.remove(moved)
     return same
+
+
+def remove_tree(path) -> None:
+    """A local directory and what it holds, or every gs:// object under the prefix; none there is fine."""
+    if is_gcs(path):
+        fs = gcs()
+        if fs.exists(_key(path)):
+            fs.rm(_key(path), recursive=True)
+        return
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
