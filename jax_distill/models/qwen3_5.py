@@ -169,7 +169,7 @@ def _dims(cfg: Config) -> dict[str, int]:
 
 
 def param_specs(cfg: Config) -> dict:
-    D, F, H = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+    D, H = cfg.hidden_size, cfg.head_dim
     NH, KH = cfg.num_heads * H, cfg.num_kv_heads * H
     d = _dims(cfg)
     Nv, W = cfg.linear_num_value_heads, cfg.linear_conv_kernel_dim
