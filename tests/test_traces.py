@@ -367,24 +367,29 @@ def test_length_cut_thinking_output_is_all_reasoning():
 # ----------------------------------------------------------------------------- OpenAI-compatible client
 
 
-def test_openai_client_against_a_local_server():
-    from jax_distill.engines.vllm_engine import OpenAIEngine
-
-    bodies = []
+def _openai_fake_server(bodies: list):
+    """A local stand-in for a vLLM server's chat endpoint: records each request body and answers with
+    n choices carrying the seed they were given (vLLM gives choice k seed + k) and their token ids."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             bodies.append((self.path, self.headers.get("Authorization"), body))
             q = body["messages"][-1]["content"]
-            if "server-parsed" in q:
-                message = {"content": "It is 5.", "reasoning_content": "2 plus 3 is 5"}
+            choices = []
+            for k in range(body["n"]):
+                if "server-parsed" in q:
+                    message = {"content": "It is 5.", "reasoning_content": "2 plus 3 is 5"}
+                else:
+                    message = {"content": f"<think>seed {body['seed'] + k}</think>The answer is 5."}
+                choices.append({"index": k, "message": message, "finish_reason": "stop",
+                                "token_ids": list(range(7 + k))})
+            if "rejected" in q:
+                status, data = 400, {"error": {"message": "prompt too long", "code": 400}}
             else:
-                message = {"content": f"<think>seed {body['seed']}</think>The answer is 5."}
-            data = {"choices": [{"message": message, "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 11, "completion_tokens": 7 + len(bodies)}}
+                status, data = 200, {"choices": choices[::-1], "usage": {"prompt_tokens": 11}}
             raw = json.dumps(data).encode()
-            self.send_response(200)
+            self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(raw)))
             self.end_headers()
@@ -395,22 +400,56 @@ def test_openai_client_against_a_local_server():
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_openai_client_against_a_local_server():
+    from jax_distill.engines.vllm_engine import OpenAIEngine
+
+    bodies = []
+    server = _openai_fake_server(bodies)
     try:
         eng = OpenAIEngine(f"http://127.0.0.1:{server.server_port}/v1", "teacher", "think",
                            '{"enable_thinking": true}', api_key="k", concurrency=2)
-        out = eng.generate([[{"role": "user", "content": "2+3?"}], [{"role": "user", "content": "server-parsed"}]],
+        out = eng.generate([[{"role": "user", "content": "2+3?"}], [{"role": "user", "content": "server-parsed"}],
+                            [{"role": "user", "content": "rejected"}]],
                            SamplingParams(n=2, temperature=0.6, top_k=20, max_tokens=64, seed=1))
     finally:
         server.shutdown()
-    assert len(bodies) == 4 and all(p == "/v1/chat/completions" and a == "Bearer k" for p, a, _ in bodies)
-    b = bodies[0][2]
-    assert b["n"] == 1 and b["top_k"] == 20 and b["chat_template_kwargs"] == {"enable_thinking": True}
-    assert b["model"] == "teacher" and b["max_tokens"] == 64
+    assert len(bodies) == 3 and all(p == "/v1/chat/completions" and a == "Bearer k" for p, a, _ in bodies)
+    b = next(body for _, _, body in bodies if body["messages"][-1]["content"] == "2+3?")
+    assert b["n"] == 2 and b["top_k"] == 20 and b["chat_template_kwargs"] == {"enable_thinking": True}
+    assert b["model"] == "teacher" and b["max_tokens"] == 64 and b["return_token_ids"] is True
     first = out[0]
     assert [c.answer_text for c in first] == ["The answer is 5."] * 2
-    assert first[0].reasoning != first[1].reasoning  # each sample its own seed
+    assert [c.reasoning for c in first] == [f"seed {b['seed']}", f"seed {b['seed'] + 1}"]  # in index order
     assert out[1][0].reasoning == "2 plus 3 is 5" and out[1][0].answer_text == "It is 5."
-    assert all(c.prompt_tokens == 11 and c.completion_tokens > 7 for row in out for c in row)
+    assert [c.completion_tokens for c in first] == [7, 8] and all(c.prompt_tokens == 11 for c in first)
+    # the rejected request is an error per sample, with the server's message; the others are unharmed
+    assert [c.finish_reason[:15] for c in out[2]] == ["error:http_400:"] * 2 and "prompt too long" in out[2][0].finish_reason
+
+
+def test_openai_generate_records_the_seed_sent(tmp_path):
+    """The record's meta.seed is the seed the server was sent for that sample's request (it was the
+    stage's own derivation, while the client sent another per sample)."""
+    bodies = []
+    server = _openai_fake_server(bodies)
+    try:
+        summary = generate.run(gen_cfg(tmp_path, **{
+            "problems.synthetic.num": 3, "sampling.n": 2, "keep": "all", "engine.kind": "openai",
+            "engine.model": "teacher", "engine.openai.base_url": f"http://127.0.0.1:{server.server_port}/v1",
+            "engine.openai.startup_timeout_s": 0.0}))
+    finally:
+        server.shutdown()
+    assert summary["total"]["generated"] == 2 * summary["problems"] > 0
+    sent = {json.dumps(b["messages"], sort_keys=True): b["seed"] for _, _, b in bodies}
+    cfg = gen_cfg(tmp_path, **{"problems.synthetic.num": 3})
+    problems = {p.id: p for p in generate.load_problems_with_report(cfg.problems)[0]}
+    records = list(store.read_records(str(tmp_path)))
+    assert len(records) == summary["total"]["generated"] and len(sent) == summary["problems"]
+    for r in records:
+        messages = generate.messages_for(problems[r["problem_id"]], cfg.prompt)
+        assert r["meta"]["seed"] == sent[json.dumps(messages, sort_keys=True)]
 
 
 # ----------------------------------------------------------------------------- config validation

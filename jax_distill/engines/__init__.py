@@ -58,6 +58,7 @@ def default_config():
             base_url="",                # e.g. http://host:8000/v1
             api_key_env="OPENAI_API_KEY",  # environment variable holding the key ("" = none)
             request_timeout_s=600.0,    # per HTTP request
+            startup_timeout_s=600.0,    # wait this long for the server to list engine.model (0 = no wait)
             concurrency=8,              # requests in flight
         ),
         jax=dict(
@@ -105,6 +106,7 @@ def validate(config, prefix: str = "engine") -> None:
                     "is required for kind=openai (e.g. http://host:8000/v1)")
         checks.is_type(config, field("openai.api_key_env"), str)
         checks.positive(config, field("openai.request_timeout_s"))
+        checks.at_least(config, field("openai.startup_timeout_s"), 0)
         checks.is_type(config, field("openai.concurrency"), int)
         checks.at_least(config, field("openai.concurrency"), 1)
     if cfg.kind == "jax":

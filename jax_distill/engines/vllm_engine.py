@@ -17,6 +17,7 @@ import concurrent.futures as cf
 import dataclasses
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 
@@ -100,18 +101,30 @@ class VllmEngine:
         return out
 
 
+class RequestRejected(RuntimeError):
+    """The server refused one request as invalid (HTTP 400/413/422, e.g. a prompt over its context
+    length): that request's samples are recorded as errors, the other requests go on."""
+
+
 class OpenAIEngine:
     """Client of an OpenAI-compatible chat server (vLLM: `python -m vllm.entrypoints.openai.api_server`).
 
-    Each of the n samples is its own request with its own derived seed, so the server's usage numbers
-    are exact per completion. A server-side reasoning parser's `reasoning_content` / `reasoning` field is
-    used when present; otherwise the content is split with the configured reasoning style.
+    One request per prompt asks for all n samples with the seed the offline engine uses,
+    request_seed(base, prompt_hash) (vLLM gives sample k seed + k), so a served model gives the records
+    the offline VllmEngine gives, and the seed the stage records is the one sent. Per-sample completion
+    tokens come from vLLM's `return_token_ids` (usage only sums over the n samples). top_k is always
+    sent (-1 = off), so the server's generation-config defaults cannot change the sampling. A request
+    the server rejects (RequestRejected) gives finish_reason "error:http_<code>: <message>" for its
+    samples; connection failures and timeouts raise with the URL. A server-side reasoning parser's
+    `reasoning_content` / `reasoning` field is used when present; otherwise the content is split with the
+    configured reasoning style.
     """
 
     name = "openai"
 
     def __init__(self, base_url: str, model: str, reasoning: str = "think", chat_template_kwargs=None,
-                 api_key: str = "", timeout_s: float = 600.0, concurrency: int = 8, tokenizer=None):
+                 api_key: str = "", timeout_s: float = 600.0, concurrency: int = 8, tokenizer=None,
+                 startup_timeout_s: float = 0.0):
         if not base_url:
             raise ValueError("engine.openai.base_url is required for kind=openai (e.g. http://host:8000/v1)")
         if reasoning not in STYLES:
@@ -120,6 +133,8 @@ class OpenAIEngine:
         self.chat_kwargs = checks.json_object(chat_template_kwargs, "engine.chat_template_kwargs")
         self.api_key, self.timeout_s, self.concurrency = api_key, timeout_s, concurrency
         self.tokenizer = tokenizer
+        if startup_timeout_s > 0:
+            self.wait_ready(startup_timeout_s)
 
     @classmethod
     def from_config(cls, cfg):
@@ -131,41 +146,80 @@ class OpenAIEngine:
         o = cfg.openai
         key = os.environ.get(o.api_key_env, "") if o.api_key_env else ""
         return cls(o.base_url, cfg.model, cfg.reasoning, cfg.chat_template_kwargs, key, o.request_timeout_s,
-                   o.concurrency, tok)
+                   o.concurrency, tok, o.startup_timeout_s)
 
     def count_tokens(self, text: str) -> int:
         if self.tokenizer is None:
             raise RuntimeError("OpenAIEngine.count_tokens needs engine.tokenizer (a tokenizer folder)")
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def _post(self, body: dict) -> dict:
-        req = urllib.request.Request(f"{self.base_url}/chat/completions", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json",
-                                              **({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {})})
+    def _headers(self) -> dict:
+        return {"Content-Type": "application/json", **({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {})}
+
+    def _request(self, path: str, body: dict | None, timeout_s: float) -> dict:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(f"{self.base_url}{path}", data=data, headers=self._headers())
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+            with urllib.request.urlopen(req, timeout=timeout_s) as resp:
                 return json.loads(resp.read().decode("utf-8"))
         except urllib.error.HTTPError as e:
-            raise RuntimeError(f"{self.base_url}: HTTP {e.code}: {e.read().decode('utf-8', 'replace')[:500]}") from e
+            message = e.read().decode("utf-8", "replace")[:500]
+            if e.code in (400, 413, 422):
+                raise RequestRejected(f"http_{e.code}: {message}") from e
+            raise RuntimeError(f"{self.base_url}{path}: HTTP {e.code}: {message}") from e
+        except TimeoutError as e:
+            raise RuntimeError(f"{self.base_url}{path}: no response within {timeout_s}s "
+                               "(engine.openai.request_timeout_s)") from e
+        except urllib.error.URLError as e:
+            raise RuntimeError(f"{self.base_url}{path}: cannot connect ({e.reason}); is the server running?") from e
 
-    def _one(self, messages: Messages, params: SamplingParams, k: int) -> Completion:
-        body = {"model": self.model, "messages": messages, "n": 1, "temperature": params.temperature,
-                "top_p": params.top_p, "max_tokens": params.max_tokens,
-                "seed": request_seed(params.seed, f"{prompt_hash(messages)}:{k}"),
-                "skip_special_tokens": False}
-        if params.top_k > 0:
-            body["top_k"] = params.top_k
+    def wait_ready(self, timeout_s: float) -> None:
+        """Block until the server lists `self.model` under /models; a clear error after `timeout_s` (a
+        server that is still loading a model answers nothing, or 503, for minutes)."""
+        deadline, last = time.monotonic() + timeout_s, "no answer"
+        while True:
+            try:
+                served = [m.get("id") for m in self._request("/models", None, min(10.0, timeout_s)).get("data", [])]
+                if self.model in served:
+                    return
+                raise ValueError(f"the server at {self.base_url} serves {served}, not engine.model={self.model!r}")
+            except RuntimeError as e:
+                last = str(e)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no OpenAI-compatible server ready at {self.base_url} within {timeout_s}s "
+                                   f"(engine.openai.startup_timeout_s); last: {last}")
+            time.sleep(1.0)
+
+    def _one(self, messages: Messages, params: SamplingParams) -> list[Completion]:
+        """All n samples of one prompt, in one request."""
+        body = {"model": self.model, "messages": messages, "n": params.n, "temperature": params.temperature,
+                "top_p": params.top_p, "top_k": params.top_k or -1,  # vLLM spells off -1
+                "max_tokens": params.max_tokens, "seed": request_seed(params.seed, prompt_hash(messages)),
+                "skip_special_tokens": False, "return_token_ids": True}
         if params.stop:
             body["stop"] = list(params.stop)
+        if params.stop_token_ids:
+            body["stop_token_ids"] = list(params.stop_token_ids)
         if self.chat_kwargs:
             body["chat_template_kwargs"] = self.chat_kwargs
-        data = self._post(body)
-        choice, usage = data["choices"][0], data.get("usage") or {}
+        try:
+            data = self._request("/chat/completions", body, self.timeout_s)
+        except RequestRejected as e:
+            return [Completion("", "", "", 0, 0, f"error:{e}")] * params.n
+        choices, usage = sorted(data["choices"], key=lambda c: c.get("index", 0)), data.get("usage") or {}
+        if len(choices) != params.n or any(c.get("token_ids") is None for c in choices):
+            raise RuntimeError(f"{self.base_url}: {len(choices)} choices for n={params.n}, token ids "
+                               f"{'missing' if choices and choices[0].get('token_ids') is None else 'present'}: "
+                               "the client needs a vLLM server (return_token_ids) for exact per-sample counts")
+        prompt_tokens = int(usage.get("prompt_tokens", 0))
+        return [self._completion(c, prompt_tokens) for c in choices]
+
+    def _completion(self, choice: dict, prompt_tokens: int) -> Completion:
         message = choice.get("message") or {}
         content = message.get("content") or ""
         server_reasoning = message.get("reasoning_content") or message.get("reasoning")
         finish = choice.get("finish_reason") or "stop"
-        prompt_tokens, completion_tokens = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+        completion_tokens = len(choice["token_ids"])
         if server_reasoning is not None:
             return Completion(f"<think>\n{server_reasoning}\n</think>\n\n{content}", server_reasoning.strip(),
                               content.strip(), prompt_tokens, completion_tokens, finish)
@@ -173,5 +227,4 @@ class OpenAIEngine:
 
     def generate(self, requests: list[Messages], params: SamplingParams) -> list[list[Completion]]:
         with cf.ThreadPoolExecutor(self.concurrency) as pool:
-            futures = [[pool.submit(self._one, m, params, k) for k in range(params.n)] for m in requests]
-            return [[f.result() for f in row] for row in futures]
+            return list(pool.map(lambda m: self._one(m, params), requests))
