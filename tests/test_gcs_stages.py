@@ -103,3 +103,44 @@ def test_live_lock_object_refuses_a_second_writer(gcs):
     with pytest.raises(lock.FolderLocked, match=f"pid {os.getpid()}"):
         generate.run(cfg("generate", out_dir=out, **GEN))
     assert not storage.glob(f"{out}/*{store.DONE}")
+
+
+def test_evaluate_and_report_on_gcs_equal_local(gcs, tmp_path):
+    """A student on gs:// evaluated into gs://, then the report over gs:// run folders into gs://: the
+    numbers of the same steps on local paths."""
+    from hf_tiny import save_tiny_model
+    from jax_distill import evaluate, report
+
+    model = save_tiny_model("llama", tmp_path / "llama")
+    remote = f"gs://{gcs.bucket}/eval"
+    storage.gcs().put(str(model), f"{gcs.bucket}/eval/llama", recursive=True)
+    results = {}
+    for base, checkpoint in ((remote, f"{remote}/llama"), (str(tmp_path), str(model))):
+        results[base] = evaluate.run(load_config(str(ROOT / "configs/eval/default.py"), {
+            "checkpoint": checkpoint, "output_dir": f"{base}/runs/raw/eval", "dtype": "float32",
+            "problems.synthetic.num": 60, "problems.eval_limit": 3, "generation.sampling.max_tokens": 8,
+            "generation.batch_size": 3, "multiple_choice.tasks": ""}))
+        for variant, train_time in (("raw", 100.0), ("compressed-extractive", 40.0)):
+            run = f"{base}/runs/{variant}"
+            if variant != "raw":
+                storage.makedirs(f"{run}/eval")
+                for name in ("eval_results.json", "eval_samples.jsonl"):
+                    storage.write_atomic(f"{run}/eval/{name}", storage.read_bytes(f"{base}/runs/raw/eval/{name}"))
+            storage.write_atomic(f"{run}/train_summary.json", json.dumps({
+                "teacher": "procedural", "student": "tiny", "method": "full", "variant": variant, "seed": 0,
+                "train_tokens": 1000, "train_time_s": train_time, "data_path": [], "status": "complete"}))
+    local = str(tmp_path)
+    assert results[remote]["generation"]["overall"] == results[local]["generation"]["overall"]
+    assert not storage.exists(f"{remote}/runs/raw/eval/partial")  # finished parts are removed at the end
+    assert storage.read_bytes(f"{remote}/runs/raw/eval/eval_samples.jsonl") == \
+        Path(local, "runs/raw/eval/eval_samples.jsonl").read_bytes()
+
+    reports = {}
+    for base in (remote, local):
+        paths = report.run(load_config(str(ROOT / "configs/eval/report.py"), {
+            "runs": f"{base}/runs", "output_dir": f"{base}/report", "n_boot": 200}))
+        reports[base] = json.loads(storage.read_bytes(paths["json"]))
+        assert paths["plot"] == f"{base}/report/accuracy_vs_length.png" and storage.size(paths["plot"]) > 1000
+        assert storage.read_bytes(f"{base}/report/main_table.md").decode().count("\n") >= 3
+    strip = lambda r: json.loads(json.dumps({k: v for k, v in r.items() if k != "files"}).replace(remote, local))  # noqa: E731
+    assert strip(reports[remote]) == strip(reports[local]) and len(reports[local]["cells"]) == 2
