@@ -57,13 +57,22 @@ def prune_cfg(tmp_path, model_dir, mode, **fields):
         "budget": "ratio:0.5", "scorer.model": str(model_dir), "scorer.batch_size": 8, **fields})
 
 
-def test_prune_tokens_removes_the_lowest_surprisal_tokens(tmp_path):
-    model = student(tmp_path / "bigram", bigram=True)
+def prune_trace(tmp_path, mode: str, bigram: bool):
+    """(student, its pruned record of TRACE at half its length, tokenizer)."""
+    model = student(tmp_path / "student", bigram=bigram)
     write_raw(tmp_path / "raw", [TRACE])
-    summary = prune.run(prune_cfg(tmp_path, tmp_path / "bigram", "tokens"))
+    summary = prune.run(prune_cfg(tmp_path, tmp_path / "student", mode))
     assert summary["balanced"] and summary["total"]["pruned"] == 1
-    rec = next(store.read_records(str(tmp_path / "prune-tokens")))
-    tok = load_tokenizer()
+    return model, next(store.read_records(str(tmp_path / f"prune-{mode}"))), load_tokenizer()
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    top = logits.max(-1, keepdims=True)
+    return logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
+
+
+def test_prune_tokens_removes_the_lowest_surprisal_tokens(tmp_path):
+    model, rec, tok = prune_trace(tmp_path, "tokens", bigram=True)
     ids = tok(TRACE, add_special_tokens=False)["input_ids"]
     # the bigram model's surprisal of each trace token, in numpy: token t is predicted from token t-1
     # (the first from the last token of the prompt, "<think>\n")
@@ -72,8 +81,7 @@ def test_prune_tokens_removes_the_lowest_surprisal_tokens(tmp_path):
     p = {k: np.asarray(v, np.float64) for k, v in model.params.items() if k != "layers"}
     x = p["embed"][prev]
     h = x / np.sqrt((x * x).mean(-1, keepdims=True) + 1e-6) * p["final_norm"]
-    logits = h @ p["lm_head"]
-    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+    logp = log_softmax(h @ p["lm_head"])
     surprisal = -logp[np.arange(len(ids)), ids]
     assert surprisal.std() > 1.0  # the arranged weights spread the scores
     # the removed tokens: by budget, the lowest-surprisal ones outside the answer's tokens
@@ -93,12 +101,7 @@ def test_prune_tokens_removes_the_lowest_surprisal_tokens(tmp_path):
 
 
 def test_prune_steps_removes_the_steps_the_answer_needs_least(tmp_path):
-    model = student(tmp_path / "random", bigram=False)
-    write_raw(tmp_path / "raw", [TRACE])
-    summary = prune.run(prune_cfg(tmp_path, tmp_path / "random", "steps"))
-    assert summary["balanced"] and summary["total"]["pruned"] == 1
-    rec = next(store.read_records(str(tmp_path / "prune-steps")))
-    tok = load_tokenizer()
+    model, rec, tok = prune_trace(tmp_path, "steps", bigram=False)
     ids = lambda s: tok(s, add_special_tokens=False)["input_ids"] if s else []  # noqa: E731
     steps = TRACE.split("\n")
 
@@ -107,8 +110,7 @@ def test_prune_steps_removes_the_steps_the_answer_needs_least(tmp_path):
         seq = before + ids(trace) + ids("\n</think>\n\n") + ids(ANSWER)
         tokens = jnp.asarray([seq], jnp.int32)
         logits, _ = model.forward(tokens, jnp.arange(len(seq))[None], jnp.ones_like(tokens))
-        logp = np.asarray(logits[0], np.float64)
-        logp = logp - np.log(np.exp(logp - logp.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logp.max(-1, keepdims=True)
+        logp = log_softmax(np.asarray(logits[0], np.float64))
         n = len(ids(ANSWER))
         return -sum(logp[len(seq) - n - 1 + k, seq[len(seq) - n + k]] for k in range(n))
 
