@@ -9,34 +9,14 @@ from pathlib import Path
 import pytest
 from hf_tiny import load_tokenizer, tokenizer_dir
 from ml_collections import ConfigDict
+from test_traces import CompressorEngine
 
 from jax_distill.cli import load_config
 from jax_distill.data import ChatFormat, data_config, example_dataset
 from jax_distill.data import matched
-from jax_distill.engines.reasoning import make_completion
 from jax_distill.traces import compress, generate, store, truncate
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class HalfFailing:
-    """A compressor model that states the answer briefly, except for every third trace (by length), where it
-    keeps only the first line (no answer) on every attempt: those fail validation however often retried."""
-
-    name, model, tokenizer = "half-failing", "half-failing", None
-
-    def count_tokens(self, text):
-        return len(text.split())
-
-    def generate(self, requests, params):
-        out = []
-        for messages in requests:
-            prompt = messages[-1]["content"]
-            trace = prompt.split("Reasoning:\n", 1)[1].split("\n\nFinal answer:", 1)[0]
-            answer = prompt.rsplit("\\boxed{", 1)[1].split("}", 1)[0]
-            text = trace.splitlines()[0] if len(trace) % 3 == 0 else f"So the answer is {answer}."
-            out.append([make_completion(text, "none", 10, 5, "stop")])
-        return out
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +29,7 @@ def traces(tmp_path_factory):
         "engine.procedural.detour_rate": 0.5}))
     summary = compress.run(load_config(str(ROOT / "configs/traces/compress.py"), {
         "in_dir": str(raw), "out_dir": str(comp), "compressor.kind": "engine", "student_tokenizer": str(tokenizer_dir())}),
-        engine=HalfFailing())
+        engine=CompressorEngine("every_third"))  # a third fail however often retried
     truncate.run(load_config(str(ROOT / "configs/traces/truncate.py"), {
         "raw_dir": str(raw), "compressed_dir": "", "out_dir": str(ans), "variants": "answer_only",
         "student_tokenizer": str(tokenizer_dir())}))

@@ -265,7 +265,8 @@ def test_empty_completions_and_engine_errors_are_counted(tmp_path):
 
 class CompressorEngine:
     """A fake compressor model: keeps the first line of the trace (the answer is gone), or states a
-    wrong answer, or returns the right short text on the second attempt."""
+    wrong answer, or returns the right short text on the second attempt, or (every_third) fails on every
+    attempt for every third trace (by length) and is right on the others."""
 
     name, model, tokenizer = "fake-compressor", "fake-compressor", None
 
@@ -283,6 +284,8 @@ class CompressorEngine:
             answer = prompt.rsplit("\\boxed{", 1)[1].split("}", 1)[0]
             if self.mode == "drop_answer":
                 text = trace.splitlines()[0]
+            elif self.mode == "every_third":
+                text = trace.splitlines()[0] if len(trace) % 3 == 0 else f"So the answer is {answer}."
             elif self.mode == "wrong":
                 text = f"Short. The answer is {int(answer) + 1}."
             else:  # right on retries only
