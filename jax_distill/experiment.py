@@ -17,7 +17,9 @@ full config is written beside its output (`*_config.json`); `configs/from_json.p
 stage alone, e.g. on another host. `plan_only=True` prints those commands instead of running them (for
 dispatching the grid over TPU slices and GPU hosts with launch/).
 
-Variants: raw | compressed:<compressor> | truncated:<compressor> | answer_only.
+Variants: raw | compressed:<compressor> | truncated:<compressor> | answer_only | prune_tokens:<compressor> |
+prune_steps:<compressor> (traces/prune.py: the cell's student prunes the raw traces to the length of their
+<compressor> twins in its own tokens, under traces/<teacher>/<student>/prune-{tokens,steps}-<compressor>).
 Training uses `train_recipes.<student>.<method>` where given (the paper's per-student recipes), else the
 shared `train` template; `method_overrides.<method>` then applies to either.
 """
@@ -40,8 +42,9 @@ from jax_distill.cost import CHIPS
 
 log = logging.getLogger("jax_distill.experiment")
 
-STAGES = ("generate", "pretrain", "compress", "truncate", "train", "evaluate", "report")
-VARIANT_KINDS = ("raw", "compressed", "truncated", "answer_only")
+STAGES = ("generate", "pretrain", "compress", "truncate", "prune", "train", "evaluate", "report")
+VARIANT_KINDS = ("raw", "compressed", "truncated", "answer_only", "prune_tokens", "prune_steps")
+AT_BUDGET = ("compressed", "truncated", "prune_tokens", "prune_steps")  # kinds that name a compressor
 
 
 def default_config() -> ConfigDict:
@@ -56,6 +59,7 @@ def default_config() -> ConfigDict:
     c.teachers = ConfigDict()  # name -> generate-stage config
     c.compressors = ConfigDict()  # name -> compress-stage config
     c.truncate = ConfigDict()  # truncate-stage template (inputs and outputs are set per cell)
+    c.prune = ConfigDict()  # prune-stage template for prune_* variants (inputs, scorer and budget set per cell)
     # name -> {path: HF folder, or "" to build a tiny one with tiny: build_student kwargs and optionally
     # pretrain: {problems: a problems config (its own questions, none of the evaluation's), teacher: a
     # teachers name ("" = the first), train: fields set on the train template}: the tiny base is then
@@ -105,7 +109,9 @@ def validate(c: ConfigDict) -> None:
     for name, grid in c.grids.items():
         for axis in ("teachers", "students", "methods", "variants"):
             checks.need(axis in grid, f"grids.{name}", f"must name {axis} (a tuple; '*' = all)")
-    cells(c)  # every grid entry and cell names something the config declares
+    named = cells(c)  # every grid entry and cell names something the config declares
+    checks.need(len(c.prune) > 0 or not any(cell.variant.startswith("prune_") for cell in named), "prune",
+                "must hold a prune-stage config (configs/traces/prune.py) for prune_tokens/prune_steps variants")
     for name, spec in c.students.items():
         pretrain = spec.get("pretrain")
         if pretrain:
@@ -125,8 +131,9 @@ def validate(c: ConfigDict) -> None:
 
 def _check_variant(c: ConfigDict, field: str, v: str) -> None:
     kind, _, comp = v.partition(":")
-    ok = kind in VARIANT_KINDS and bool(comp) == (kind in ("compressed", "truncated"))
-    checks.need(ok, field, f"unknown variant {v!r} (raw, compressed:X, truncated:X, answer_only)")
+    ok = kind in VARIANT_KINDS and bool(comp) == (kind in AT_BUDGET)
+    checks.need(ok, field, f"unknown variant {v!r} (raw, compressed:X, truncated:X, answer_only, prune_tokens:X, "
+                "prune_steps:X)")
     checks.need(not comp or comp in c.compressors, field,
                 f"{v!r} names no compressor in config.compressors {sorted(c.compressors)}")
 
@@ -348,6 +355,26 @@ class Runner:
                   + markdown_table(budgets, list(budgets[0])), flush=True)
         return out
 
+    def prunes(self, trace_dirs, students) -> dict[tuple[str, str, str], Path]:
+        """prune_tokens:X / prune_steps:X records a cell trains on: its student scores the raw traces with
+        its own forward pass, in its training chat format, and prunes each to its X twin's length in its
+        own tokens."""
+        from jax_distill.traces import prune
+
+        out = {}
+        for cell in {(c.teacher, c.student, c.variant): c for c in self.cells if c.variant.startswith("prune_")}.values():
+            kind, _, comp = cell.variant.partition(":")
+            d = self.work / "traces" / cell.teacher / cell.student / variant_label(cell.variant)
+            data = self.train_config(cell, self.config.seeds[0], students[cell.student], d, d).data
+            chat = {f"chat.{k}": data[k] for k in ("system", "template", "template_date", "template_kwargs", "end_of_turn")}
+            cfg = _derive(self.config.prune, raw_dir=str(trace_dirs[cell.teacher]["raw"]), out_dir=str(d),
+                          match_dir=str(trace_dirs[cell.teacher][comp]), mode=kind.removeprefix("prune_"),
+                          budget=f"match:{comp}", student_tokenizer=str(students[cell.student]),
+                          **{"scorer.model": str(students[cell.student])}, **chat)
+            self.stage("prune", cfg, d, prune.run)
+            out[(cell.teacher, cell.student, cell.variant)] = d
+        return out
+
     # ------------------------------------------------------------------------- grid
 
     @staticmethod
@@ -468,7 +495,7 @@ def run(config: ConfigDict) -> dict:
     raw_dirs = runner.generate()
     students = runner.students(raw_dirs)
     trace_dirs = runner.compress(raw_dirs, students)
-    ablation_dirs = runner.ablations(trace_dirs, students)
+    ablation_dirs = {**runner.ablations(trace_dirs, students), **runner.prunes(trace_dirs, students)}
     run_dirs = runner.grid(trace_dirs, students, ablation_dirs)
     report = runner.report(run_dirs)
     if config.plan_only:

@@ -142,3 +142,30 @@ def test_gpt_oss_effort_presets_render_the_reasoning_effort(effort):
     assert f"Reasoning: {effort}\n" in prompt and prompt.endswith("<|start|>assistant")
     with pytest.raises(ValueError, match="effort"):
         config_file(f"{ROOT}/configs/traces/generate.py:gptoss_vllm,effort=max")
+
+
+def test_experiment_plans_the_baselines_as_variants(tmp_path, capsys):
+    from jax_distill import experiment
+
+    cfg = load_config("configs/experiment/demo.py", {
+        "workdir": str(tmp_path), "plan_only": True, "methods": "full",
+        "variants": "raw,compressed:shortest_correct,prune_steps:extractive,prune_tokens:extractive"})
+    result = experiment.run(cfg)
+    assert len(result["runs"]) == 4
+    students = tmp_path / "pretrain" / "tiny-qwen3" / "run" / "export" / "hf"  # the grid's (pretrained) student
+    for mode in ("steps", "tokens"):
+        folder = tmp_path / "traces" / "procedural" / "tiny-qwen3" / f"prune-{mode}-extractive"
+        stage = load_config(f"configs/from_json.py:{folder / 'prune_config.json'}")
+        assert stage.mode == mode and stage.budget == "match:extractive"
+        assert stage.match_dir == str(tmp_path / "traces" / "procedural" / "compressed-extractive")
+        assert stage.scorer.model == stage.student_tokenizer == str(students)
+        assert stage.chat.template == cfg.train.data.template  # scored in the format the student trains with
+        train = load_config(f"configs/from_json.py:{tmp_path}/runs/procedural/tiny-qwen3/full/prune-{mode}-extractive/seed0/train_config.json")
+        assert train.data.path == (str(folder),)
+    shortest = load_config(f"configs/from_json.py:{tmp_path}/traces/procedural/compressed-shortest_correct/compress_config.json")
+    assert shortest.compressor.kind == "shortest_correct"
+    plan = capsys.readouterr().out
+    assert plan.count("jax_distill.traces.prune ") == 2
+    bad = load_config("configs/experiment/demo.py", {"workdir": str(tmp_path / "x"), "variants": "prune_steps"})
+    with pytest.raises(Exception, match="unknown variant 'prune_steps'"):
+        experiment.validate(bad)

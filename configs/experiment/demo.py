@@ -46,8 +46,12 @@ def get_config() -> ConfigDict:
     teacher.engine.procedural.verbosity = 0  # detours and restatements, no extra commentary: fits seq_len
     c.teachers = ConfigDict({"procedural": teacher})
 
-    c.compressors = ConfigDict({"extractive": config_file(f"{CONFIGS}/traces/compress.py:extractive")})
+    shortest = config_file(f"{CONFIGS}/traces/compress.py:extractive")
+    shortest.compressor.kind = "shortest_correct"  # the shortest verified sample of each question (traces/select.py)
+    c.compressors = ConfigDict({"extractive": config_file(f"{CONFIGS}/traces/compress.py:extractive"),
+                                "shortest_correct": shortest})
     c.truncate = config_file(f"{CONFIGS}/traces/truncate.py")
+    c.prune = config_file(f"{CONFIGS}/traces/prune.py:steps")  # prune_steps:<compressor> variants
 
     pretrain_problems = config_file(f"{CONFIGS}/traces/generate.py:procedural").problems
     pretrain_problems.synthetic.num = 2000
