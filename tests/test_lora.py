@@ -1,4 +1,5 @@
-"""LoRA: targets by regex, zero-init B, frozen base, merged export and PEFT export parity."""
+"""LoRA: default targets per family (every attention / token-mixer / MLP projection), targets by regex, zero-init B,
+frozen base, parameter counts, merged export and PEFT export parity (target_modules and target_parameters)."""
 
 import jax
 import jax.numpy as jnp

@@ -9,6 +9,11 @@ flag that selects between two masks built once per call. The KV cache keeps one 
 every layer (llama's layout); the window is enforced by the mask on cached positions, so prefill of
 left-padded prompts and one-token decode run through the same code.
 
+LoRA (training/lora.py) adapts q/k/v/o and both expert projections by default: per-expert pairs
+a [L, E, in, r], b [L, E, r, out] that run through the same grouped matmuls as the experts (moe.py); the
+router stays frozen unless lora.targets names it. PEFT exports the experts and the router as
+`target_parameters` (`PEFT_PARAMETERS`).
+
 Released checkpoints store expert weights as MXFP4 blocks + scales (mxfp4.py): `Config.mxfp4` is read
 from `quantization_config`, and the weight map then dequantizes on load. Export always writes plain
 (dequantized) expert weights and a config without `quantization_config`.

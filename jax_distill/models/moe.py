@@ -4,7 +4,8 @@ Tokens are never run through every expert: the T*k (token, expert) assignments a
 each expert multiplies only its contiguous group, so compute and activations scale with k, not with the
 number of experts E. Two grouped matmuls do that: `jax.lax.ragged_dot` (native on TPU) and a portable
 blocked one (each group padded to whole row blocks, one scanned matmul per block, custom backward).
-Expert weights carry a leading `experts` axis for sharding. Tests keep a dense all-experts reference
+Expert weights carry a leading `experts` axis for sharding; LoRA adapters on them carry it too and run
+as two more grouped matmuls on the same rows (`layers.lora_matmul`), never as a merged [E, in, out] weight. Tests keep a dense all-experts reference
 beside these (tests/test_gpt_oss.py).
 
 Shapes: T tokens (batch and sequence flattened), D model width, E experts, k experts per token,
