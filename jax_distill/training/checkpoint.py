@@ -123,6 +123,7 @@ class Checkpointer:
         if saved is None:
             raise Damaged(step, f"{state_dir} (missing)", "no state item")
         _check_same_tree(step, self.directory, {k: (v.shape, v.dtype) for k, v in saved.items()}, target)
+        _check_same_hosts(step, epath.Path(self.directory) / str(step) / "data")
         state = self._read(step, "state", lambda: self._restore_item(step, "state", ocp.args.StandardRestore(target)))
         bad = sorted(k for k, x in state.items() if not bool(all_finite(x)))  # arrays may sit on different devices
         if bad:
@@ -194,6 +195,18 @@ class Checkpointer:
                 log.warning("checkpoint %s at %s failed (%s); retrying in %.0fs", what, self.directory, e, delay)
                 time.sleep(delay)
                 delay *= 2
+
+
+def _check_same_hosts(step: int, data_dir: epath.Path) -> None:
+    """ValueError when the step's data positions were saved by another number of hosts (grain keeps one
+    file per host, process_<i>-of-<n>.json): a rerun on a changed slice, which must not pass for damage
+    (the step would be set aside) nor silently restart the data."""
+    counts = sorted({int(m.group(1)) for f in (data_dir.iterdir() if data_dir.exists() else [])
+                     if (m := re.fullmatch(r"process_\d+-of-(\d+)\.json", f.name))})
+    if counts and counts != [jax.process_count()]:
+        raise ValueError(f"checkpoint step {step} in {data_dir.parent.parent} was saved by {counts[0]} host(s), this "
+                         f"run has {jax.process_count()}: rerun on {counts[0]} host(s) (each host's data position is "
+                         "its own), or start another checkpoint.dir")
 
 
 def _check_same_tree(step: int, directory: str, saved: dict[str, tuple], target: dict[str, Any]) -> None:
