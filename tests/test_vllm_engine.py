@@ -4,17 +4,19 @@ token counts match the tokenizer. vLLM runs in its own venv, so the stages run i
 (tests/vllm_driver.py) with one LLM instance for the whole module. Skipped only when .venv-vllm is
 absent and JAX_DISTILL_REQUIRE_VLLM is unset (CI sets it, so a missing vLLM fails there)."""
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from hf_tiny import CACHE, save_tiny_model, tokenizer_dir
 from jax_distill.cli import load_config
-from jax_distill.traces import generate, store
+from jax_distill.traces import compress, generate, store
 
 ROOT = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = Path(os.environ.get("JAX_DISTILL_VLLM_VENV", ROOT / ".venv-vllm")) / "bin" / "python"
@@ -27,6 +29,30 @@ if not VLLM_PYTHON.exists():
 
 GEN = {"problems.synthetic.num": 12, "problems.synthetic.steps": 1, "sampling.n": 2, "sampling.max_tokens": 24,
        "sampling.temperature": 1.0, "keep": "all", "chunk_size": 4}
+COMPRESS = {"compressor.kind": "engine", "compressor.sampling.max_tokens": 32, "policy": "retry", "retries": 1}
+
+
+VLLM_ENV = {"VLLM_CACHE_ROOT": str(CACHE / "vllm"), "VLLM_LOGGING_LEVEL": "WARNING",
+            "VLLM_CPU_KVCACHE_SPACE": "1"}  # GiB of KV cache: plenty for tiny models
+
+
+def run_driver(tmp: Path, spec: dict) -> dict:
+    """tests/vllm_driver.py in .venv-vllm on `spec` (one LLM for all its runs) -> its results."""
+    spec = {"gpu_memory_utilization": 0.1, "out": str(tmp / "results.json"),
+            "generate_config": str(ROOT / "configs/traces/generate.py"),
+            "compress_config": str(ROOT / "configs/traces/compress.py"), **spec}
+    (tmp / "spec.json").write_text(json.dumps(spec))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **VLLM_ENV)
+    proc = subprocess.Popen([str(VLLM_PYTHON), str(ROOT / "tests/vllm_driver.py"), str(tmp / "spec.json")],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=900)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # vLLM's engine process too
+        out, _ = proc.communicate()
+    assert proc.returncode == 0, out[-6000:]
+    return json.loads((tmp / "results.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -39,26 +65,14 @@ def vllm_run(tmp_path_factory):
                              {"out_dir": str(tmp / "proc"), "problems.synthetic.num": 8, "sampling.n": 1,
                               "problems.synthetic.steps": 1, "engine.procedural.wrong_rate": 0.0}))
     spec = {
-        "model": str(model), "gpu_memory_utilization": 0.1, "out": str(tmp / "results.json"),
-        "generate_config": str(ROOT / "configs/traces/generate.py"),
-        "compress_config": str(ROOT / "configs/traces/compress.py"),
+        "model": str(model), "too_long": True,
         "generate_a": {**GEN, "out_dir": str(tmp / "gen_a"), "student_tokenizer": tok},
         "generate_b": {**GEN, "out_dir": str(tmp / "gen_b"), "student_tokenizer": tok},
-        "compress": {"in_dir": str(tmp / "proc"), "out_dir": str(tmp / "comp"), "compressor.kind": "engine",
-                     "compressor.sampling.max_tokens": 32, "policy": "retry", "retries": 1, "student_tokenizer": tok},
+        "compress": {**COMPRESS, "in_dir": str(tmp / "proc"), "out_dir": str(tmp / "comp"), "student_tokenizer": tok},
     }
-    (tmp / "spec.json").write_text(json.dumps(spec))
-    env = dict(os.environ, VLLM_CACHE_ROOT=str(CACHE / "vllm"), PYTHONPATH=str(ROOT), VLLM_LOGGING_LEVEL="WARNING")
-    proc = subprocess.Popen([str(VLLM_PYTHON), str(ROOT / "tests/vllm_driver.py"), str(tmp / "spec.json")],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=900)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # vLLM's engine process too
-        out, _ = proc.communicate()
-    assert proc.returncode == 0, out[-6000:]
-    return tmp, spec, json.loads((tmp / "results.json").read_text())
+    spec["runs"] = [["generate_a", "generate", spec["generate_a"]], ["generate_b", "generate", spec["generate_b"]],
+                    ["compress", "compress", spec["compress"]]]
+    return tmp, spec, run_driver(tmp, spec)
 
 
 def test_vllm_generate_records_and_token_counts(vllm_run):
@@ -115,3 +129,151 @@ def test_vllm_compress_validates_and_counts(vllm_run):
     for r in store.read_records(str(tmp / "comp")):
         assert r["meta"]["student_tokens"] == len(student(r["trace"], add_special_tokens=False)["input_ids"])
         assert r["meta"]["compressor"] == "qwen3"
+
+
+# ----------------------------------------------------------------------------- Qwen3.5 (hybrid DeltaNet)
+
+
+def test_vllm_qwen3_5_generate(tmp_path):
+    """A tiny random Qwen3.5 through the generate stage: vLLM's Qwen3.5 imports transformers' Qwen2-VL
+    image processor, hence torchvision (scripts/setup_vllm.sh says which one and why); its CPU Gated
+    DeltaNet kernels need bfloat16."""
+    from transformers import AutoTokenizer
+
+    model = save_tiny_model("qwen3_5", tmp_path / "qwen3_5")
+    cfg = {**GEN, "problems.synthetic.num": 4, "sampling.n": 1, "out_dir": str(tmp_path / "gen")}
+    results = run_driver(tmp_path, {"model": str(model), "dtype": "bfloat16", "max_model_len": 512,
+                                    "runs": [["generate", "generate", cfg]]})
+    total = results["generate"]["total"]
+    assert results["generate"]["balanced"] and total["generated"] == results["generate"]["problems"] > 0
+    records = list(store.read_records(cfg["out_dir"]))
+    assert records and all(r["meta"]["engine"] == "vllm" and 1 <= r["meta"]["completion_tokens"] <= 24 for r in records)
+    tok = AutoTokenizer.from_pretrained(model)
+    assert all(r["meta"]["prompt_tokens"] > len(tok("What", add_special_tokens=False)["input_ids"]) for r in records)
+
+
+# ----------------------------------------------------------------------------- a real vLLM server
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _log_tail(path: Path, chars: int = 3000) -> str:
+    return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
+
+
+@contextlib.contextmanager
+def vllm_server(model: str, log: Path, startup_timeout_s: float = 600.0):
+    """vLLM's OpenAI-compatible server in .venv-vllm on a free localhost port, as the offline engine of
+    vllm_run is configured (float32, 2048 context, no generation-config defaults); yields its /v1 URL.
+    A server that exits or is not healthy within `startup_timeout_s` fails with its log tail; the
+    process group is killed on exit, whatever happened."""
+    import urllib.request
+
+    port = _free_port()
+    cmd = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", "127.0.0.1",
+           "--port", str(port), "--dtype", "float32", "--max-model-len", "2048", "--enforce-eager",
+           "--gpu-memory-utilization", "0.1", "--generation-config", "vllm",
+           # vLLM-CPU 0.32 kills its engine ("CPU Generator does not use offset") when a seeded request's
+           # prefill is split over steps: a token budget for 8 concurrent full-length prompts avoids splits
+           "--max-num-batched-tokens", "16384"]
+    with open(log, "w") as log_file:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, **VLLM_ENV), stdout=log_file,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + startup_timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"vLLM server exited with {proc.returncode} during start-up:\n{_log_tail(log)}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"vLLM server not healthy within {startup_timeout_s}s:\n{_log_tail(log)}")
+            time.sleep(1.0)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+@pytest.fixture(scope="module")
+def served(vllm_run, tmp_path_factory):
+    """The vllm_run model behind a real server (started after the offline run ended: one vLLM at a time)."""
+    tmp, spec, results = vllm_run
+    with vllm_server(spec["model"], tmp / "server.log") as url:
+        yield url, tmp, spec, results
+
+
+def _openai(url: str, model: str) -> dict:
+    return {"engine.kind": "openai", "engine.model": model, "engine.reasoning": "none",
+            "engine.openai.base_url": url, "engine.openai.startup_timeout_s": 60.0}
+
+
+def _same(records):
+    keys = ("prompt_tokens", "completion_tokens", "finish_reason", "seed", "prompt_hash", "student_tokens", "model")
+    return sorted((r["id"], r["answer"], r["trace"], *(r["meta"].get(k) for k in keys)) for r in records)
+
+
+def test_server_generate_equals_offline_engine(served):
+    """generate through the OpenAI client against the served model gives the offline engine's records:
+    same seeds sent, so the same sampled texts (temperature 1), token counts and finish reasons."""
+    url, tmp, spec, _ = served
+    cfg = {**spec["generate_a"], "out_dir": str(tmp / "gen_srv"), **_openai(url, spec["model"])}
+    summary = generate.run(load_config(str(ROOT / "configs/traces/generate.py"), cfg))
+    offline = list(store.read_records(str(tmp / "gen_a")))
+    served_records = list(store.read_records(str(tmp / "gen_srv")))
+    assert summary["balanced"] and len(served_records) == len(offline) > 0
+    assert {r["meta"]["engine"] for r in served_records} == {"openai"}
+    assert _same(served_records) == _same(offline)
+
+
+def test_server_compress_equals_offline_engine(served):
+    url, tmp, spec, results = served
+    cfg = {**spec["compress"], "out_dir": str(tmp / "comp_srv"),
+           **{f"compressor.{k}": v for k, v in _openai(url, spec["model"]).items()}}
+    summary = compress.run(load_config(str(ROOT / "configs/traces/compress.py"), cfg))
+    assert summary["total"] == results["compress"]["total"]
+    strip = lambda errors: sorted((e["id"], e["reason"], e.get("attempt"), e["detail"]) for e in errors)  # noqa: E731
+    assert strip(store.read_errors(str(tmp / "comp_srv"))) == strip(store.read_errors(str(tmp / "comp")))
+    assert _same(store.read_records(str(tmp / "comp_srv"))) == _same(store.read_records(str(tmp / "comp")))
+
+
+def test_server_rejected_requests_are_recorded(served):
+    """Prompts over the server's context length: the server answers 400, each sample is an engine_error
+    in the stage's errors/ with the server's message, and the run completes."""
+    url, tmp, spec, _ = served
+    cfg = {**GEN, "problems.synthetic.num": 4, "out_dir": str(tmp / "gen_rejected"),
+           "prompt.template": "apples " * 3000 + "{question}", **_openai(url, spec["model"])}
+    summary = generate.run(load_config(str(ROOT / "configs/traces/generate.py"), cfg))
+    total = summary["total"]
+    assert summary["balanced"] and total["generated"] > 0 and total["errors"] == {"engine_error": total["generated"]}
+    errors = store.read_errors(cfg["out_dir"])
+    assert len(errors) == total["generated"]
+    assert all(e["reason"] == "engine_error" and "http_400" in e["detail"] and "context length" in e["detail"]
+               for e in errors)
+
+
+def test_server_errors_name_the_problem(served):
+    from jax_distill.engines.vllm_engine import OpenAIEngine
+
+    url, _, spec, _ = served
+    with pytest.raises(ValueError, match=r"serves \[.*qwen3'\], not engine.model='other'"):
+        OpenAIEngine(url, "other", startup_timeout_s=5.0)
+    port = _free_port()  # nothing listens there
+    with pytest.raises(RuntimeError, match=rf"no OpenAI-compatible server ready at http://127.0.0.1:{port}/v1 "
+                                           r"within 1.0s .*Connection refused"):
+        OpenAIEngine(f"http://127.0.0.1:{port}/v1", spec["model"], startup_timeout_s=1.0)
