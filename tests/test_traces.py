@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -379,6 +380,9 @@ def _openai_fake_server(bodies: list):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             bodies.append((self.path, self.headers.get("Authorization"), body))
             q = body["messages"][-1]["content"]
+            if "slow" in q:  # the client gives up first; answer nothing
+                time.sleep(1.0)
+                return
             choices = []
             for k in range(body["n"]):
                 if "server-parsed" in q:
@@ -417,9 +421,12 @@ def test_openai_client_against_a_local_server():
         out = eng.generate([[{"role": "user", "content": "2+3?"}], [{"role": "user", "content": "server-parsed"}],
                             [{"role": "user", "content": "rejected"}]],
                            SamplingParams(n=2, temperature=0.6, top_k=20, max_tokens=64, seed=1))
+        slow = OpenAIEngine(f"http://127.0.0.1:{server.server_port}/v1", "teacher", timeout_s=0.2)
+        with pytest.raises(RuntimeError, match=r"/v1/chat/completions: no response within 0.2s"):
+            slow.generate([[{"role": "user", "content": "slow"}]], SamplingParams(n=1, max_tokens=4))
     finally:
         server.shutdown()
-    assert len(bodies) == 3 and all(p == "/v1/chat/completions" and a == "Bearer k" for p, a, _ in bodies)
+    assert len(bodies) == 4 and all(p == "/v1/chat/completions" and a == "Bearer k" for p, a, _ in bodies[:3])
     b = next(body for _, _, body in bodies if body["messages"][-1]["content"] == "2+3?")
     assert b["n"] == 2 and b["top_k"] == 20 and b["chat_template_kwargs"] == {"enable_thinking": True}
     assert b["model"] == "teacher" and b["max_tokens"] == 64 and b["return_token_ids"] is True
