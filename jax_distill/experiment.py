@@ -7,6 +7,8 @@ runner wires the stages in their one-way order and gives every stage its own dir
   traces/<teacher>/raw                       generate
   traces/<teacher>/compressed-<compressor>   compress
   traces/<teacher>/<student>/truncated-<compressor>, .../answer-only     truncate (student tokens)
+  matched/<teacher>/<student>/<method>/      match: the ids every variant of that row trains on
+                                             (ids/<variant>.txt, matched.json); matched/summary.md
   students/<student>                         tiny students built here (when no path is given)
   pretrain/<student>/{traces,run}            a tiny student's pretraining corpus and run (students.<s>.pretrain)
   runs/<teacher>/<student>/<method>/<variant>/seed<k>/  train (+ eval/ inside), one per training seed
@@ -20,6 +22,10 @@ dispatching the grid over TPU slices and GPU hosts with launch/).
 Variants: raw | compressed:<compressor> | truncated:<compressor> | answer_only | prune_tokens:<compressor> |
 prune_steps:<compressor> (traces/prune.py: the cell's student prunes the raw traces to the length of their
 <compressor> twins in its own tokens, under traces/<teacher>/<student>/prune-{tokens,steps}-<compressor>).
+Matched sets (`matched`, on by default): the variants of one teacher/student/method row train on the
+same raw traces, or none of them: after generation, compression, truncation and the length filter (in
+the student's tokens and the row's seq_len), jax_distill/data/matched.py keeps the ids usable in every
+variant, counts what each rule removed, and each run trains with data.ids_file set to its variant's list.
 Training uses `train_recipes.<student>.<method>` where given (the paper's per-student recipes), else the
 shared `train` template; `method_overrides.<method>` then applies to either.
 """
@@ -42,7 +48,7 @@ from jax_distill.cost import CHIPS
 
 log = logging.getLogger("jax_distill.experiment")
 
-STAGES = ("generate", "pretrain", "compress", "truncate", "prune", "train", "evaluate", "report")
+STAGES = ("generate", "pretrain", "compress", "truncate", "prune", "match", "train", "evaluate", "report")
 VARIANT_KINDS = ("raw", "compressed", "truncated", "answer_only", "prune_tokens", "prune_steps")
 AT_BUDGET = ("compressed", "truncated", "prune_tokens", "prune_steps")  # kinds that name a compressor
 
@@ -74,6 +80,9 @@ def default_config() -> ConfigDict:
     c.grids = ConfigDict()
     c.cells = ()
     c.seeds = (0,)  # training seeds: every cell is trained once per seed; the report aggregates them
+    # every variant of a teacher/student/method row trains on the same questions (data/matched.py); False:
+    # each variant trains on whatever its own filters leave (a confounded comparison: say why in the paper)
+    c.matched = True
     c.cost = ConfigDict(dict(
         chip="h100",  # the cost plan's accelerator: h100 | h200 | v5e | v5p | v6e (peak table: cost.py)
         mfu=0.4,  # model FLOPs utilisation the plan assumes
@@ -122,6 +131,7 @@ def validate(c: ConfigDict) -> None:
     checks.need(bool(c.seeds) and all(isinstance(s, int) and not isinstance(s, bool) for s in c.seeds), "seeds",
                 f"must be a non-empty tuple of integers; got {c.seeds!r}")
     checks.need(len(set(c.seeds)) == len(c.seeds), "seeds", f"repeats a seed: {c.seeds!r}")
+    checks.is_type(c, "matched", bool)
     checks.one_of(c, "cost.chip", tuple(CHIPS))
     checks.in_range(c, "cost.mfu", 0.0, 1.0, closed=True)
     checks.positive(c, "cost.mfu")
@@ -231,7 +241,8 @@ class Runner:
         out.mkdir(parents=True, exist_ok=True)
         cfg_file = out / f"{name}_config.json"
         cfg_file.write_text(cfg.to_json_best_effort(indent=2))
-        module = {"pretrain": "train"}.get(name, name if name in ("train", "evaluate", "report") else f"traces.{name}")
+        module = {"pretrain": "train", "match": "data.matched"}.get(
+            name, name if name in ("train", "evaluate", "report") else f"traces.{name}")
         self.plan.append(f"python -m jax_distill.{module} --config configs/from_json.py:{cfg_file}")
         if self.config.plan_only or name not in self.stages:
             return None
@@ -399,7 +410,45 @@ class Runner:
             cfg = _merge(cfg, self.config.method_overrides[cell.method])
         return cfg
 
-    def grid(self, trace_dirs, students, ablation_dirs) -> list[Path]:
+    def matched_sets(self, trace_dirs, students, ablation_dirs) -> dict[tuple[str, str, str], dict[str, Path]]:
+        """Per teacher/student/method row: variant label -> the ids file its runs train on (data/matched.py);
+        {} with matched=False. Counts per row in matched/<row>/matched.json, all rows in matched/summary.md."""
+        from jax_distill.data import matched
+        from jax_distill.records import markdown_table
+        from jax_distill.training.student import tokenizer_path
+
+        if not self.config.matched:
+            return {}
+        rows: dict[tuple[str, str, str], list[Cell]] = {}
+        for cell in self.cells:
+            rows.setdefault((cell.teacher, cell.student, cell.method), []).append(cell)
+        out, table = {}, []
+        for (teacher, student, method), row in rows.items():
+            d = self.work / "matched" / teacher / student / method
+            variants = {variant_label(c.variant): str(self.data_dir(c, trace_dirs, ablation_dirs)) for c in row}
+            train_cfg = self.train_config(row[0], self.config.seeds[0], students[student], d, Path(variants[variant_label(row[0].variant)]))
+            cfg = matched.default_config()
+            cfg.variants, cfg.raw_dir, cfg.out_dir = ConfigDict(variants), str(trace_dirs[teacher]["raw"]), str(d)
+            cfg.seq_len, cfg.data = train_cfg.train.seq_len, copy.deepcopy(train_cfg.data)
+            cfg.tokenizer = train_cfg.train.tokenizer or str(train_cfg.model.path)
+            if not self.config.plan_only and "match" in self.stages:
+                cfg.tokenizer = tokenizer_path(str(train_cfg.model.path), train_cfg.train.tokenizer)
+            cfg.lock()
+            summary = self.stage("match", cfg, d, matched.run)
+            out[(teacher, student, method)] = {label: d / "ids" / f"{label}.txt" for label in variants}
+            if summary:
+                print(matched.describe(summary, f"{teacher}/{student}/{method}"), flush=True)
+                table.append({"row": f"{teacher}/{student}/{method}", "universe": summary["universe"],
+                              "kept": summary["kept"], "generation_rejected": summary["generation"],
+                              **{f"removed {rule}": n for rule, n in summary["removed"].items()}})
+        if table:
+            columns = list(dict.fromkeys(k for r in table for k in r))
+            (self.work / "matched" / "summary.md").write_text(
+                "Matched training sets: traces in every variant of a row, and what each rule removed "
+                "(jax_distill/data/matched.py)\n\n" + markdown_table(table, columns) + "\n")
+        return out
+
+    def grid(self, trace_dirs, students, ablation_dirs, ids_files=None) -> list[Path]:
         from jax_distill import evaluate, train
 
         run_dirs = []
@@ -408,6 +457,9 @@ class Runner:
             run_dirs.append(run_dir)
             data = self.data_dir(cell, trace_dirs, ablation_dirs)
             cfg = self.train_config(cell, seed, students[cell.student], run_dir, data)
+            ids = (ids_files or {}).get((cell.teacher, cell.student, cell.method), {}).get(variant_label(cell.variant))
+            if ids is not None:
+                cfg = _derive(cfg, **{"data.ids_file": str(ids)})
             if self.config.plan_only:
                 self.costs.append(self.cost(cell, seed, cfg, data))
             if not (run_dir / "train_summary.json").exists():  # written only when training ended
@@ -496,7 +548,8 @@ def run(config: ConfigDict) -> dict:
     students = runner.students(raw_dirs)
     trace_dirs = runner.compress(raw_dirs, students)
     ablation_dirs = {**runner.ablations(trace_dirs, students), **runner.prunes(trace_dirs, students)}
-    run_dirs = runner.grid(trace_dirs, students, ablation_dirs)
+    ids_files = runner.matched_sets(trace_dirs, students, ablation_dirs)
+    run_dirs = runner.grid(trace_dirs, students, ablation_dirs, ids_files)
     report = runner.report(run_dirs)
     if config.plan_only:
         print("\n".join(runner.plan))

@@ -403,6 +403,19 @@ def dataset_rows(items: dict[tuple, dict], summaries: dict[tuple, dict], n_boot:
     return rows
 
 
+def budget_rows(cells: dict[tuple, list[dict]]) -> list[dict]:
+    """Per cell: the update budget its runs trained under (train.budget) and what each optimizer step held,
+    seed means from train_summary.json; "-" for runs from before the budget was recorded."""
+    rows = []
+    for key, runs in cells.items():
+        summaries = [r["train"] for r in runs]
+        budgets = sorted({str(t["budget"]) for t in summaries if t.get("budget")})
+        rows.append({**dict(zip(KEY, key)), "budget": ",".join(budgets) or None,
+                     **{f: _mean(t.get(f) for t in summaries)
+                        for f in ("optimizer_steps", "examples_per_step", "tokens_per_step", "train_tokens")}})
+    return rows
+
+
 def ood_rows(cells: dict[tuple, list[dict]]) -> list[dict]:
     """Per teacher/student/method/task and variant: the metrics the task reports (acc, and acc_norm where
     lm-evaluation-harness defines it: HellaSwag, PIQA, ARC), seed means, with Wilson intervals on the
@@ -509,6 +522,12 @@ TABLES = {
     "datasets": (list(KEY) + ["dataset", "n", "accuracy"], {
         "accuracy": lambda r: _interval(r["accuracy"], r["accuracy_lo"], r["accuracy_hi"]),
     }),
+    # how many updates each run got (train.budget) and what a step held: steps differ between variants
+    # under budget tokens, examples per step under examples
+    "budget": (list(KEY) + ["budget", "optimizer_steps", "examples_per_step", "tokens_per_step", "train_tokens"], {
+        "optimizer_steps": lambda r: _num(r["optimizer_steps"], 0), "examples_per_step": lambda r: _num(r["examples_per_step"], 1),
+        "tokens_per_step": lambda r: _num(r["tokens_per_step"], 0), "train_tokens": lambda r: _num(r["train_tokens"], 0),
+    }),
     "ood": (list(KEY) + ["task", "n", "acc", "acc_norm"], {
         "acc": lambda r: _interval(r["acc"], r["acc_lo"], r["acc_hi"]),
         "acc_norm": lambda r: _interval(r["acc_norm"], r["acc_norm_lo"], r["acc_norm_hi"]),
@@ -588,6 +607,7 @@ def build(runs: list[dict], baseline: str = "raw", n_boot: int = uncertainty.N_B
         "equal_budget": equal_budget_rows(items, summaries, baseline, n_boot, seed),
         "compression": compression_rows(cells, summaries, baseline),
         "datasets": dataset_rows(items, summaries, n_boot, seed),
+        "budget": budget_rows(cells),
         "ood": ood_rows(cells),
     }
 

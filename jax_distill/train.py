@@ -229,11 +229,13 @@ def _host_dataset(data: ConfigDict, tokenizer, t: ConfigDict, shards: range, n_s
 
 
 def _derived(config: ConfigDict) -> ConfigDict:
-    """A copy of `config` with the run directory filled in (runs/train/<meta.name> when unset)."""
+    """A copy of `config` with the run directory filled in (runs/train/<meta.name> when unset) and the
+    data pipeline told how many examples each step takes (train.budget=examples; 0 = rows filled by tokens)."""
     c = copy.deepcopy(config)
     if not c.train.run_dir:
         c.train.run_dir = config_lib.run_dir(c)
         print(f"train.run_dir: {c.train.run_dir} (from meta.name)", file=sys.stderr, flush=True)
+    c.data.examples_per_step = config_lib.examples_per_step(c)
     return c
 
 
@@ -335,7 +337,7 @@ def _export(c: ConfigDict, stu: student_lib.Student, params, tok_dir: str) -> di
 
 def _summary(c: ConfigDict, stu: student_lib.Student, state: TrainState, step: int, steps: int, last_row: dict,
              stats: data_lib.DataStats, paths: dict, checkpoint_dir: str, n_trainable: int, skipped: int) -> dict:
-    train_tokens, loss_tokens = _global_sums(stats.real_tokens, stats.loss_tokens)
+    train_tokens, loss_tokens, examples = _global_sums(stats.real_tokens, stats.loss_tokens, stats.examples)
     return {
         "status": "complete" if step >= steps else "data_exhausted",
         "teacher": c.meta.teacher,
@@ -349,6 +351,12 @@ def _summary(c: ConfigDict, stu: student_lib.Student, state: TrainState, step: i
         "seed": c.train.seed,
         "data_path": [_absolute(p) for p in c.data.path],
         "steps": step,
+        # the update budget (training/config.py) and what each optimizer step held, measured
+        "budget": c.train.budget,
+        "optimizer_steps": step,
+        "examples": examples,
+        "examples_per_step": examples / step if step else None,
+        "tokens_per_step": train_tokens / step if step else None,
         "final_loss": last_row.get("loss"),
         "skipped_steps": skipped,  # train.nonfinite=skip: updates dropped in this run of the command
         "trainable_params": n_trainable,

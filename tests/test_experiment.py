@@ -57,6 +57,24 @@ def test_every_stage_writes_its_output(demo_run):
     assert (work / "students" / "tiny-qwen3" / "tokenizer.json").exists()
 
 
+def test_variants_train_on_the_same_questions_with_the_same_updates(demo_run):
+    """Matched sets (default on) and train.budget=examples: every variant of the row reads the same traces
+    and takes the same optimizer steps; what the matching removed is written down."""
+    work, result = demo_run
+    summaries = [json.loads((work / d / "train_summary.json").read_text()) for d in result["runs"]]
+    matched = json.loads((work / "matched" / "procedural" / "tiny-qwen3" / "full" / "matched.json").read_text())
+    assert matched["universe"] == matched["kept"] + sum(matched["removed"].values()) and matched["kept"] > 0
+    assert {s["data"]["used"] for s in summaries} == {matched["kept"]}
+    assert all(s["data"]["skipped"]["not_in_ids"] == s["data"]["read"] - matched["kept"] for s in summaries)
+    assert {s["budget"] for s in summaries} == {"examples"} and len({s["optimizer_steps"] for s in summaries}) == 1
+    for s in summaries:
+        assert s["examples_per_step"] == pytest.approx(matched["kept"] / s["optimizer_steps"])
+        assert s["tokens_per_step"] == pytest.approx(s["train_tokens"] / s["optimizer_steps"])
+    assert "| procedural/tiny-qwen3/full |" in (work / "matched" / "summary.md").read_text()
+    budget = (work / "report" / "budget_table.md").read_text()
+    assert budget.count("| examples |") == 4 and "optimizer_steps" in budget
+
+
 def test_report_table_has_every_variant_and_relative_columns(demo_run):
     work, _ = demo_run
     table = (work / "report" / "main_table.md").read_text()

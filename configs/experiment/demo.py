@@ -64,7 +64,8 @@ def get_config() -> ConfigDict:
             path="",  # "" = build one here from the traces' text
             tiny=dict(family="qwen3", vocab_size=384, hidden_size=128, intermediate_size=352, num_layers=3,
                       num_heads=4, num_kv_heads=2, head_dim=32, max_position_embeddings=1024, seed=0),
-            pretrain=dict(teacher="", problems=pretrain_problems, train=dict(data=dict(num_epochs=2), optim=dict(lr=3e-3))),
+            pretrain=dict(teacher="", problems=pretrain_problems,  # one corpus, no variants to match: rows by tokens
+                          train=dict(train=dict(budget="tokens"), data=dict(num_epochs=2), optim=dict(lr=3e-3))),
         )),
     })
     c.methods = ("full", "lora")
@@ -78,7 +79,11 @@ def get_config() -> ConfigDict:
     t.optim.warmup_frac = 0.05
     t.train.seq_len = 512
     t.train.batch_size = 8
-    t.train.steps = 0  # data.num_epochs passes over each variant's traces
+    # one epoch, 8 examples per step (one raw trace fills a 512-token row): every variant of a cell takes the
+    # same number of updates (training/config.py, train.budget)
+    t.train.budget = "examples"
+    t.train.examples_per_step = 0  # = batch_size
+    t.train.steps = 0
     t.data.num_epochs = 1
     t.data.pack_bins = 64  # first-fit over 64 open rows packs ~90% of the slots (8 rows: ~60%)
     t.train.log_every = 20

@@ -7,7 +7,8 @@
 Students: qwen3.5-0.8b, qwen3.5-9b, llama-3.1-8b, gpt-oss-20b; methods: lora, full. LoRA: r=64, alpha=32,
 dropout 0.05 on all attention and MLP projections, lr 1e-4; full: lr 2e-5 (FSDP + activation checkpointing
 for the 8-20B students). Both: cosine with 10% warmup, one epoch, 8-bit AdamW. Unknown in the paper, our
-defaults: global batch 64 x 16k-token packed rows, bf16 compute, fp32 master weights (the frozen LoRA base
+defaults: train.budget=examples (64 examples per step, so raw and compressed runs take the same number of
+steps; see training/config.py), packed into 64 rows of 16k tokens, bf16 compute, fp32 master weights (the frozen LoRA base
 is kept in bf16). model.path starts as the hub name for reference only: point it at a local or gs:// copy.
 """
 
@@ -35,6 +36,9 @@ def get_config(arg: str):
     c.method = method
     c.optim.name = "adamw_8bit"
     c.optim.warmup_frac = 0.1
+    # one epoch at a fixed batch of examples: every variant of a cell takes the same number of updates
+    c.train.budget = "examples"
+    c.train.examples_per_step = 0  # = batch_size, one example per row at worst: always fits
     c.train.steps = 0
     c.data.num_epochs = 1
     c.train.seq_len = 16384

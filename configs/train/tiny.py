@@ -22,6 +22,7 @@ def get_config():
     c.train.seq_len = 256  # the built-in traces' records are up to ~230 tokens
     c.train.loss_chunk = 32  # several chunks: the chunked loss path runs in every test
     c.train.batch_size = 8
+    c.train.budget = "steps"  # a fixed number of updates, whatever the data
     c.train.steps = 30
     c.train.log_every = 5
     c.checkpoint.every = 10

@@ -69,6 +69,10 @@ def data_config() -> ConfigDict:
     c.end_of_turn = ""  # token ending the assistant turn; "" = the last special token the template writes
     c.pack = "first_fit"  # first_fit | best_fit | none (one example per row)
     c.pack_bins = 0  # rows filled at once before they are emitted; 0 = batch_size
+    # examples per optimizer step (global): 0 = fill each batch's rows by tokens (train.budget=tokens or
+    # steps); N = every batch holds exactly N examples, packed into its rows (train.budget=examples, which
+    # sets it from train.examples_per_step; a short last batch holds the rest)
+    c.examples_per_step = 0
     c.overlong = "drop"  # drop | truncate (keep the first seq_len tokens)
     # "" = every record; else a file of record ids (data.fields.id), one per line: train only on those (the
     # experiment's matched sets, so every variant of a cell trains on the same questions); others are
@@ -115,7 +119,7 @@ def validate(cfg: ConfigDict) -> None:
     checks.one_of(c, "data.overlong", OVERLONG)
     for name in ("strict", "shuffle"):
         checks.is_type(c, f"data.{name}", bool)
-    for name, low in (("pack_bins", 0), ("shuffle_seed", -1), ("num_epochs", 0), ("workers", 0), ("read_threads", 1)):
+    for name, low in (("pack_bins", 0), ("examples_per_step", 0), ("shuffle_seed", -1), ("num_epochs", 0), ("workers", 0), ("read_threads", 1)):
         checks.is_type(c, f"data.{name}", int)
         checks.at_least(c, f"data.{name}", low)
 
@@ -136,6 +140,7 @@ class DataStats:
     first: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # reason -> first locations
     batches: int = 0
     rows: int = 0  # rows with at least one example
+    examples: int = 0  # examples in emitted batches (segments)
     real_tokens: int = 0  # non-pad input tokens
     loss_tokens: int = 0  # targets with loss_mask 1
     pad_tokens: int = 0  # padding in emitted batches (all-pad filler rows of a last batch included)
@@ -169,7 +174,7 @@ class DataStats:
                     first={k: list(v) for k, v in self.first.items()})
 
     def _tokens_state(self) -> dict:
-        return dict(batches=self.batches, rows=self.rows, real_tokens=self.real_tokens,
+        return dict(batches=self.batches, rows=self.rows, examples=self.examples, real_tokens=self.real_tokens,
                     loss_tokens=self.loss_tokens, pad_tokens=self.pad_tokens)
 
     def _load(self, state: dict) -> None:
@@ -376,6 +381,7 @@ class _FinishIterator(grain.DatasetIterator):
         real = int((out["segment_ids"] > 0).sum())
         s.batches += 1
         s.rows += rows
+        s.examples += int(out["segment_ids"].max(axis=1).sum())  # segments are 1..k per row
         s.real_tokens += real
         s.pad_tokens += out["segment_ids"].size - real
         s.loss_tokens += int(out["loss_mask"].sum())
@@ -399,6 +405,72 @@ class _Finish(grain.IterDataset):
     def __iter__(self):
         self._stats._load(DataStats(self._stats.files)._tokens_state())
         return _FinishIterator(self._parent.__iter__(), self._stats, self._batch_size, self._pad)
+
+
+def pack_step(examples: list[dict], rows: int, seq_len: int, pad: int, one_per_row: bool = False) -> dict[str, np.ndarray]:
+    """One optimizer step's examples packed into at most `rows` rows (first fit, longest first; data.pack
+    none: one per row), in the packers' feature names; DataError when they do not fit."""
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["tokens"]))
+    fill, members = [], []  # per row: tokens used, example indices
+    for i in order:
+        n = len(examples[i]["tokens"])
+        row = None if one_per_row else next((r for r, used in enumerate(fill) if used + n <= seq_len), None)
+        if row is None:
+            if len(fill) == rows:
+                total = sum(len(e["tokens"]) for e in examples)
+                raise DataError(f"train.examples_per_step: {len(examples)} examples ({total} tokens) do not fit in "
+                                f"{rows} rows of seq_len {seq_len}; lower train.examples_per_step (at most "
+                                f"train.batch_size always fits) or raise train.batch_size")
+            fill.append(0), members.append([])
+            row = len(fill) - 1
+        fill[row] += n
+        members[row].append(i)
+    out = {k: np.full((len(fill), seq_len), pad if k in ("tokens", "targets") else 0, np.int32)
+           for k in ("tokens", "targets", "loss_mask", "tokens_positions", "tokens_segment_ids")}
+    for r, idx in enumerate(members):
+        at = 0
+        for seg, i in enumerate(sorted(idx), start=1):  # within a row, in stream order
+            e, n = examples[i], len(examples[i]["tokens"])
+            for k in ("tokens", "targets", "loss_mask"):
+                out[k][r, at:at + n] = e[k]
+            out["tokens_positions"][r, at:at + n] = np.arange(n)
+            out["tokens_segment_ids"][r, at:at + n] = seg
+            at += n
+    return out
+
+
+class _StepPackIterator(grain.DatasetIterator):
+    def __init__(self, parent, per_step: int, rows: int, seq_len: int, pad: int, one_per_row: bool):
+        super().__init__(parent)
+        self._per_step, self._pack = per_step, (rows, seq_len, pad, one_per_row)
+
+    def __next__(self):
+        group = []
+        for _ in range(self._per_step):
+            example = next(self._parent, None)
+            if example is None:
+                break
+            group.append(example)
+        if not group:
+            raise StopIteration
+        return pack_step(group, *self._pack)
+
+    def get_state(self):  # a step consumes whole groups: the parent's position is the whole state
+        return {"parent": self._parent.get_state()}
+
+    def set_state(self, state):
+        self._parent.set_state(state["parent"])
+
+
+class _StepPack(grain.IterDataset):
+    """Exactly `per_step` examples per batch (train.budget=examples), packed into its rows."""
+
+    def __init__(self, parent, per_step: int, rows: int, seq_len: int, pad: int, one_per_row: bool):
+        super().__init__(parent)
+        self._args = (per_step, rows, seq_len, pad, one_per_row)
+
+    def __iter__(self):
+        return _StepPackIterator(self._parent.__iter__(), *self._args)
 
 
 # ----------------------------------------------------------------------------- public entry points
@@ -455,6 +527,12 @@ def make_dataset(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     padding = {"tokens": pad, "targets": pad, "loss_mask": 0}
     bins = cfg.pack_bins or batch_size
+    if cfg.examples_per_step:
+        if cfg.examples_per_step % process_count:
+            raise DataError(f"data.examples_per_step {cfg.examples_per_step} does not divide over {process_count} shards")
+        stepped = _StepPack(examples, cfg.examples_per_step // process_count, batch_size, seq_len, pad,
+                            cfg.pack == "none")
+        return _Finish(stepped, stats, batch_size, pad), stats
     if cfg.pack == "none":
         packed = grain.experimental.FirstFitPackIterDataset(
             examples, length_struct=lengths, num_packing_bins=batch_size, shuffle_bins=False,

@@ -20,6 +20,7 @@ REMAT = ("none", "full", "dots")
 OPTIMIZERS = ("adamw", "adamw_8bit")
 DTYPES = ("float32", "bfloat16", "float16")
 NONFINITE = ("stop", "skip")
+BUDGETS = ("examples", "tokens", "steps")
 MESH_AXES = ("data", "fsdp", "tensor")
 
 
@@ -88,7 +89,21 @@ def default_config() -> ConfigDict:
     # depend on this, not on the host count: 1 host or n hosts with the same value train the same run
     c.train.data_shards = 0
     c.train.loss_chunk = 2048  # sequence chunk for vocab projection + cross-entropy (memory); 0 = whole row
-    c.train.steps = 0  # 0 = one pass over the data times data.num_epochs (counted at start)
+    # How many optimizer updates a run gets, an explicit choice because it decides what a comparison of trace
+    # variants measures:
+    #   examples  every step takes train.examples_per_step examples (packed into batch_size rows), so each
+    #             epoch has the same number of steps for raw, compressed, truncated and answer-only traces
+    #             of the same questions: variants differ in what they read, not in how often the weights move
+    #   tokens    every step is batch_size rows of seq_len packed tokens (a compute-matched comparison): a
+    #             variant with 5x shorter traces gets ~5x fewer steps under the same schedule
+    #   steps     train.steps, whatever the data (data.num_epochs 0 repeats it)
+    # Default examples: the paper's recipe is "one epoch" per run, with no token budget, i.e. one pass over
+    # the same examples per variant at a fixed batch of examples, which is what examples gives. Steps of
+    # equal shape cost the same, so under examples a shorter variant trains no faster: the report's
+    # training speedup then reflects padding, compare train tokens instead (or budget tokens for time).
+    c.train.budget = "examples"
+    c.train.examples_per_step = 0  # budget examples: examples per optimizer step (global); 0 = batch_size
+    c.train.steps = 0  # budget steps: the number of optimizer steps (> 0); else 0 (counted at start)
     c.train.seed = 0  # data order, LoRA init, dropout
     c.train.log_every = 10  # progress line every N steps (metrics.jsonl gets every step)
     c.train.peak_flops = 0.0  # per-device peak FLOP/s for MFU; 0 = from the device kind
@@ -170,6 +185,13 @@ def validate(c: ConfigDict) -> None:
     checks.need(t.loss_chunk == 0 or t.seq_len % t.loss_chunk == 0, "train.loss_chunk",
                 f"must divide train.seq_len ({t.seq_len}) or be 0")
     _count(c, "train.steps", 0)
+    checks.one_of(c, "train.budget", BUDGETS)
+    _count(c, "train.examples_per_step", 0)
+    checks.need((t.steps > 0) == (t.budget == "steps"), "train.steps",
+                f"must be > 0 with train.budget=steps and 0 otherwise (train.budget={t.budget!r}, steps={t.steps})")
+    per_step = examples_per_step(c)
+    checks.need(c.data.examples_per_step in (0, per_step), "data.examples_per_step",
+                f"is set from train.budget / train.examples_per_step ({per_step}); got {c.data.examples_per_step}")
     _count(c, "train.seed", 0)
     _count(c, "train.log_every", 1)
     checks.at_least(c, "train.peak_flops", 0.0)
@@ -192,6 +214,12 @@ def validate(c: ConfigDict) -> None:
     checks.one_of(c, "export.dtype", DTYPES)
 
     validate_data(c.data)
+
+
+def examples_per_step(c: ConfigDict) -> int:
+    """Examples in every optimizer step under train.budget=examples (train.examples_per_step, or one per
+    row: batch_size, which always fits); 0 under the other budgets (rows are filled by tokens)."""
+    return (c.train.examples_per_step or c.train.batch_size) if c.train.budget == "examples" else 0
 
 
 def run_dir(c: ConfigDict) -> str:
