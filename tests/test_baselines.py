@@ -169,3 +169,10 @@ def test_experiment_plans_the_baselines_as_variants(tmp_path, capsys):
     bad = load_config("configs/experiment/demo.py", {"workdir": str(tmp_path / "x"), "variants": "prune_steps"})
     with pytest.raises(Exception, match="unknown variant 'prune_steps'"):
         experiment.validate(bad)
+
+
+def test_demo_baselines_preset():
+    cfg = config_file("configs/experiment/demo.py:baselines")
+    assert cfg.teachers.procedural.sampling.n == 2
+    assert cfg.variants[-2:] == ("compressed:shortest_correct", "prune_steps:extractive")
+    assert config_file("configs/experiment/demo.py").teachers.procedural.sampling.n == 1  # the default unchanged
