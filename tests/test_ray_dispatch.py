@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 from collections import Counter
@@ -125,3 +126,50 @@ def test_actor_deaths_past_the_limit_fail_the_run(cluster, tmp_path):
                                                         "problems.synthetic.num": 40}),
                      engine=DiesAlways("", ""))
     assert not list((tmp_path / "out").glob("*.done.json"))
+
+
+def test_vllm_engine_on_a_ray_actor_equals_a_local_run(tmp_path):
+    """The vLLM CPU build (.venv-vllm) through the same path: one actor builds the engine from the config
+    (num_gpus 0 here: the engine's tensor_parallel_size on GPU hosts), its records equal a local run's."""
+    # see test_an_actor_the_cluster_cannot_place_fails_at_once: the default num_gpus would ask for 1 GPU
+    from hf_tiny import CACHE, save_tiny_model
+
+    vllm_python = Path(os.environ.get("JAX_DISTILL_VLLM_VENV", ROOT / ".venv-vllm")) / "bin" / "python"
+    if not vllm_python.exists():
+        if os.environ.get("JAX_DISTILL_REQUIRE_VLLM"):
+            raise RuntimeError(f"JAX_DISTILL_REQUIRE_VLLM is set but {vllm_python} does not exist")
+        pytest.skip(f"{vllm_python} not found (scripts/setup_vllm.sh)")
+    model = save_tiny_model("qwen3", tmp_path / "qwen3", head_dim=32, max_position_embeddings=2048)
+    overrides = {"problems.synthetic.num": 12, "problems.synthetic.steps": 1, "sampling.n": 2,
+                 "sampling.max_tokens": 16, "sampling.temperature": 1.0, "keep": "all", "chunk_size": 5,
+                 "engine.kind": "vllm", "engine.model": str(model), "engine.reasoning": "none",
+                 "engine.vllm.dtype": "float32", "engine.vllm.max_model_len": 2048, "engine.vllm.enforce_eager": True,
+                 "engine.vllm.gpu_memory_utilization": 0.1, "dispatch.num_cpus": 1.0, "dispatch.num_gpus": 0.0}
+    spec = {"config": str(ROOT / "configs/traces/generate.py"), "overrides": overrides, "out": str(tmp_path / "out.json"),
+            "ray_out": str(tmp_path / "ray"), "local_out": str(tmp_path / "local")}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), VLLM_CACHE_ROOT=str(CACHE / "vllm"), VLLM_LOGGING_LEVEL="WARNING")
+    proc = subprocess.Popen([str(vllm_python), str(ROOT / "tests/ray_vllm_driver.py"), str(tmp_path / "spec.json")],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=900)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # Ray's and vLLM's processes too
+        out, _ = proc.communicate()
+    assert proc.returncode == 0, out[-6000:]
+    results = json.loads((tmp_path / "out.json").read_text())
+    assert results["ray"]["total"] == results["local"]["total"] and results["ray"]["balanced"]
+    assert results["ray"]["total"]["generated"] == 2 * results["ray"]["problems_in_shard"] > 0
+    recs, done, errors = contents(tmp_path / "ray")
+    assert (recs, done, errors) == contents(tmp_path / "local") and len(done) >= 2
+    assert {r["meta"]["engine"] for rs in recs.values() for r in rs} == {"vllm"}
+
+
+def test_an_actor_the_cluster_cannot_place_fails_at_once(cluster, tmp_path):
+    """A vLLM engine on a CPU-only cluster: num_gpus -1 asks for its tensor_parallel_size (1) GPU, which no
+    node has; Ray would keep such an actor pending forever, the stage fails at once naming the field."""
+    overrides = {**RAY, "problems.synthetic.num": 10, "engine.kind": "vllm", "engine.model": str(tmp_path)}
+    with pytest.raises(RuntimeError, match=r"reserves 1 GPU \(dispatch.num_gpus = -1: the engine's tensor_parallel_size\)"
+                                           r" but the Ray cluster has 0"):
+        generate.run(gen_cfg(tmp_path / "out", **overrides))

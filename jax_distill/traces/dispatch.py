@@ -125,6 +125,13 @@ class RayPool:
                 ray.shutdown()
 
     def _run(self, ray, fn, queue: collections.deque, actors: list) -> Iterator:
+        cluster = ray.cluster_resources()
+        gpus_from = " = -1: the engine's tensor_parallel_size" if self.cfg.num_gpus == -1 else ""
+        for resource, field, want in (("CPU", "num_cpus", self.cfg.num_cpus), ("GPU", "num_gpus" + gpus_from, self.num_gpus)):
+            if want > cluster.get(resource, 0):  # such an actor would wait for its resources forever
+                raise RuntimeError(f"dispatch: an actor reserves {want:g} {resource} (dispatch.{field}) but the Ray cluster "
+                                   f"has {cluster.get(resource, 0):g}: set dispatch.num_cpus / num_gpus (0 GPUs on CPU "
+                                   f"hosts) or add nodes first")
         worker = ray.remote(_Worker).options(num_cpus=self.cfg.num_cpus, num_gpus=self.num_gpus, max_restarts=0,
                                              max_task_retries=0)
 
