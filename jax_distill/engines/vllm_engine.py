@@ -113,7 +113,8 @@ class OpenAIEngine:
     request_seed(base, prompt_hash) (vLLM gives sample k seed + k), so a served model gives the records
     the offline VllmEngine gives, and the seed the stage records is the one sent. Per-sample completion
     tokens come from vLLM's `return_token_ids` (usage only sums over the n samples). top_k is always
-    sent (-1 = off), so the server's generation-config defaults cannot change the sampling. A request
+    sent (-1 = off); start the server with `--generation-config vllm` so the model's generation_config
+    adds no sampling defaults of its own (repetition penalty, min_p). A request
     the server rejects (RequestRejected) gives finish_reason "error:http_<code>: <message>" for its
     samples; connection failures and timeouts raise with the URL. A server-side reasoning parser's
     `reasoning_content` / `reasoning` field is used when present; otherwise the content is split with the
