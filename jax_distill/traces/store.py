@@ -48,11 +48,13 @@ A stage's output directory (only record files end in .jsonl at its top level):
                                      line and byte counts of its two files (keyed by path in the directory)
   {prefix}.lock                      while a run writes this prefix: its host and pid (traces/lock.py)
   summary.json                       the stage's summary (counts, rates, tables)
-Every file is written to a temporary name and renamed into place, so a killed run leaves no half
-files; a chunk without its done file is deleted and redone on the next run, and so is a chunk whose
-files no longer match the counts its done file holds (a lost or cut file: warned, never trusted).
-`prefix` names the stage and the work split ("generate-shard000of004"), so hosts sharing a directory
-never collide. Resuming skips the ids listed in trusted done files; a finished chunk is never rewritten.
+Every file is written to a temporary name and renamed into place (on gs://: uploaded as one object,
+which GCS shows only once complete; storage.write_atomic), so a killed run leaves no half files; a
+chunk without its done file is deleted and redone on the next run, and so is a chunk whose files no
+longer match the counts its done file holds (a lost or cut file: warned, never trusted). `prefix`
+names the stage and the work split ("generate-shard000of004"), so hosts sharing a directory never
+collide; Ray actors (traces/dispatch.py) write the chunks the driver numbered, under its prefix.
+Resuming skips the ids listed in trusted done files; a finished chunk is never rewritten.
 
 The previous format (meta an object; errors in {prefix}-{part:05d}.errors.jsonl beside the records) is
 still read, meta included, so its folders remain inputs of the next stage and of training. A stage run
