@@ -124,11 +124,12 @@ class Scorer:
         self.model, self.tokenizer, self.rules = load_model(s.model, "", s.dtype, s.compute_dtype, s.mesh)
         self.format = ChatFormat(self.tokenizer, config.chat)
         self.batch_size, self.max_length, self.name = s.batch_size, s.max_length, str(s.model)
+        self.pieces = functools.lru_cache(maxsize=1024)(self._pieces)  # a question is rendered once, not per step
 
     def ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
-    def pieces(self, question: str) -> tuple[list[int], list[int]]:
+    def _pieces(self, question: str) -> tuple[list[int], list[int]]:
         """(ids before the trace, ids between the trace and the answer) of the training conversation."""
         full = self.format.render(self.format.messages(question, TRACE_MARK, ANSWER_MARK), add_generation_prompt=False)
         before, _, rest = full.partition(TRACE_MARK)
