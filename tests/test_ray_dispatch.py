@@ -122,7 +122,7 @@ def test_actor_deaths_past_the_limit_fail_the_run(cluster, tmp_path):
             os.kill(os.getpid(), signal.SIGKILL)
 
     with pytest.raises(RuntimeError, match=r"2 Ray actors died \(max_actor_deaths 1\)"):
-        generate.run(gen_cfg(tmp_path / "out", **RAY, **{"dispatch.actors": 1, "dispatch.max_actor_deaths": 1,
+        generate.run(gen_cfg(tmp_path / "out", **{**RAY, "dispatch.actors": 1, "dispatch.max_actor_deaths": 1,
                                                         "problems.synthetic.num": 40}),
                      engine=DiesAlways("", ""))
     assert not list((tmp_path / "out").glob("*.done.json"))
