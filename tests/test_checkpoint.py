@@ -1,14 +1,12 @@
 """Checkpointer: state + Grain iterator round trip (local and gs:// on fake-gcs-server), keep-last-K,
 half-written checkpoints never picked."""
 
-import os
-
 import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from gcs_emulator import FakeGCS
+from gcs_emulator import serving
 
 from jax_distill.models.layers import Adapted, LoRA
 from jax_distill.parallel.sharding import make_mesh
@@ -84,16 +82,8 @@ def test_wait_raises_when_the_last_save_did_not_commit(tmp_path):
 
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory):
-    server = FakeGCS(tmp_path_factory.mktemp("gcs")).start()
-    old = {k: os.environ.get(k) for k in server.env}
-    server.apply_env()
-    yield server
-    server.stop()
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with serving(tmp_path_factory.mktemp("gcs")) as server:
+        yield server
 
 
 def test_gcs_roundtrip(gcs):
