@@ -22,7 +22,8 @@ from test_train import _assert_same_exports  # the HF and PEFT exports, bit for 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "train" / "tiny.py")
 DRIVER = str(ROOT / "tests" / "multihost_driver.py")
-RECORDS, STEPS, EVERY = 48, 9, 3
+RECORDS, STEPS, EVERY = 32, 6, 2
+TERM_AT, KILL_AT = 1, 5  # SIGTERM after step 1 (between checkpoints); kill -9 after 5, 4 committed
 HEARTBEAT_S = 10  # a host that stops sending heartbeats this long is declared dead
 RUN_TIMEOUT_S = 600  # one launch on 2 busy cores, compilation included
 
@@ -119,25 +120,82 @@ def _ids(path: Path) -> set[int]:
     return {int(line) for line in path.read_text().split()}
 
 
+def _committed(run_dir: Path, step: int) -> bool:
+    return (run_dir / "checkpoints" / str(step)).is_dir()
+
+
 @pytest.fixture(scope="module")
-def runs(traces, cache, tmp_path_factory) -> tuple[Path, Path]:
-    """(1 process x 8 devices, 2 processes x 4 devices), run side by side. The one process has the
-    distributed runtime too, so its collectives are gloo's, as the two processes' are."""
+def runs(traces, cache, tmp_path_factory) -> tuple[Path, Path, dict]:
+    """(1 process x 8 devices uninterrupted, 2 processes x 4 devices interrupted twice and resumed, what the
+    interruptions showed). The one process has the distributed runtime too, so its collectives are gloo's,
+    as the two processes' are; it runs beside the two hosts' first launch.
+
+    The two hosts: SIGTERM on host 1 after step TERM_AT must stop both with that step saved; the rerun
+    resumes there, and host 1 is killed -9 after step KILL_AT (checkpoint KILL_AT - 1 committed): host 0
+    must exit within the heartbeat timeout naming the dead task; the third launch resumes from KILL_AT - 1
+    and ends the run. Its per-step losses and exports then equal the one host's only if 2 x 4 devices
+    train as 1 x 8 and both resumes are exact."""
     one, two = tmp_path_factory.mktemp("one_host"), tmp_path_factory.mktemp("two_hosts")
-    started = [Hosts(1, one, traces, cache), Hosts(2, two, traces, cache)]
+    seen = {}
+    reference = Hosts(1, one, traces, cache)
+    hosts = Hosts(2, two, traces, cache, faults={1: [f"pause@{TERM_AT}"]})
+    flag = two / "paused"
     try:
-        for hosts, want in zip(started, ([0], [0, 0])):
-            assert hosts.wait() == want, "\n".join(hosts.output(i)[-3000:] for i in range(len(want)))
+        hosts.wait_for(flag.exists, f"host 1 paused at step {TERM_AT}")
+        hosts.procs[1].send_signal(signal.SIGTERM)  # a preemption notice on one host only
+        flag.unlink()
+        seen["sigterm"] = (hosts.wait(), [hosts.output(i) for i in range(2)], _committed(two, TERM_AT))
     finally:
-        for hosts in started:
-            hosts.kill()
-    return one, two
+        hosts.kill()
+
+    hosts = Hosts(2, two, traces, cache, faults={1: [f"pause@{KILL_AT - 1}", f"kill@{KILL_AT}"]})
+    try:
+        hosts.wait_for(flag.exists, f"host 1 paused at step {KILL_AT - 1}")
+        hosts.wait_for(lambda: _committed(two, KILL_AT - 1), f"checkpoint {KILL_AT - 1} committed")
+        flag.unlink()
+        assert hosts.procs[1].wait(120) == -signal.SIGKILL, hosts.output(1)[-3000:]
+        killed = time.monotonic()
+        try:
+            rc = hosts.procs[0].wait(HEARTBEAT_S + 60)
+        except subprocess.TimeoutExpired:
+            rc = None  # a hang
+        seen["kill9"] = (rc, time.monotonic() - killed, hosts.output(0))
+    finally:
+        hosts.kill()
+
+    try:
+        assert reference.wait() == [0], reference.output(0)[-3000:]
+    finally:
+        reference.kill()
+    seen["resume"] = _train(2, two, traces, cache)
+    return one, two, seen
 
 
-def test_two_hosts_train_as_one(runs):
-    """Same per-step losses and bit-identical final parameters; each host read its own half of the records
-    (i, i+2, ...) and together all of them, as the one host did."""
-    one_host, two_hosts = runs
+def test_sigterm_on_one_host_stops_both_at_that_step_saved(runs):
+    rcs, out, committed = runs[2]["sigterm"]
+    assert rcs == [143, 143], "\n".join(o[-3000:] for o in out)
+    for o in out:
+        assert f"SIGTERM: saved step {TERM_AT}" in o, o[-3000:]
+    assert committed
+
+
+def test_kill9_on_one_host_ends_the_other_within_the_heartbeat_timeout(runs):
+    rc, waited, out = runs[2]["kill9"]
+    assert rc is not None, f"host 0 still running {waited:.0f}s after host 1 was killed -9:\n{out[-3000:]}"
+    assert rc != 0 and "JAX distributed service detected fatal errors" in out, out[-3000:]
+    assert "stopped sending heartbeats" in out, out[-3000:]  # names the dead task
+    assert f"resumed from step {TERM_AT}" in out
+    print(f"host 0 exited {waited:.1f}s after host 1 was killed (heartbeat timeout {HEARTBEAT_S}s)")
+
+
+def test_two_hosts_train_as_one_and_resume_exactly(runs):
+    """Same per-step losses and bit-identical final parameters as 1 x 8 devices after both interruptions;
+    each host read only its own half of the records (i, i+2, ...) and together all of them, as the one
+    host did."""
+    one_host, two_hosts, seen = runs
+    rcs, out = seen["resume"]
+    assert rcs == [0, 0], "\n".join(o[-3000:] for o in out)
+    assert all(f"resumed from step {KILL_AT - 1}" in o for o in out), out[0][-3000:]
     assert list(_losses(one_host)) == list(range(1, STEPS + 1))
     assert _losses(two_hosts) == _losses(one_host)
     _assert_same_exports(two_hosts, one_host)
@@ -146,54 +204,6 @@ def test_two_hosts_train_as_one(runs):
     assert host0 | host1 == _ids(one_host / "ids.0") == set(range(RECORDS))
     summary = json.loads((two_hosts / "train_summary.json").read_text())
     assert summary["status"] == "complete" and summary["steps"] == STEPS
-
-
-def _committed(run_dir: Path, step: int) -> bool:
-    return (run_dir / "checkpoints" / str(step)).is_dir()
-
-
-def test_sigterm_then_kill9_on_one_host_resume_exactly(runs, traces, cache, tmp_path):
-    """SIGTERM on host 1 stops both hosts at the same step with that step saved; then host 1 is killed -9
-    after a later checkpoint: host 0 exits within the heartbeat timeout naming the dead task (no hang);
-    rerunning both resumes from the last complete checkpoint and ends bit for bit where the uninterrupted
-    run ended."""
-    run_dir = tmp_path / "run"
-    term_at, kill_at = 2, 2 * EVERY + 1
-    hosts = Hosts(2, run_dir, traces, cache, faults={1: [f"pause@{term_at}"]})
-    try:
-        flag = run_dir / "paused"
-        hosts.wait_for(flag.exists, f"host 1 paused at step {term_at}")
-        hosts.procs[1].send_signal(signal.SIGTERM)  # a preemption notice on one host only
-        flag.unlink()
-        assert hosts.wait() == [143, 143], "\n".join(hosts.output(i)[-3000:] for i in range(2))
-        for i in range(2):
-            assert f"SIGTERM: saved step {term_at}" in hosts.output(i), hosts.output(i)[-3000:]
-    finally:
-        hosts.kill()
-    assert _committed(run_dir, term_at)
-
-    hosts = Hosts(2, run_dir, traces, cache, faults={1: [f"pause@{kill_at - 1}", f"kill@{kill_at}"]})
-    try:
-        hosts.wait_for(flag.exists, f"host 1 paused at step {kill_at - 1}")
-        hosts.wait_for(lambda: _committed(run_dir, kill_at - 1), f"checkpoint {kill_at - 1} committed")
-        flag.unlink()
-        assert hosts.procs[1].wait(120) == -signal.SIGKILL, hosts.output(1)[-3000:]
-        killed = time.monotonic()
-        rc = hosts.procs[0].wait(HEARTBEAT_S + 60)  # raises TimeoutExpired (a hang) otherwise
-        waited = time.monotonic() - killed
-        out = hosts.output(0)
-        assert rc != 0 and "JAX distributed service detected fatal errors" in out, out[-3000:]
-        assert "stopped sending heartbeats" in out, out[-3000:]  # names the dead task
-        assert f"resumed from step {term_at}" in out
-    finally:
-        hosts.kill()
-    print(f"host 0 exited {waited:.1f}s after host 1 was killed (heartbeat timeout {HEARTBEAT_S}s)")
-
-    rcs, out = _train(2, run_dir, traces, cache)
-    assert rcs == [0, 0], "\n".join(o[-3000:] for o in out)
-    assert all(f"resumed from step {kill_at - 1}" in o for o in out), out[0][-3000:]
-    assert _losses(run_dir) == _losses(runs[1])
-    _assert_same_exports(run_dir, runs[1])
 
 
 def test_checkpoint_of_another_host_count_is_not_damage(tmp_path):
