@@ -35,6 +35,7 @@ import numpy as np
 
 from jax_distill.batching import Static, batch_rows, bucket, left_pad, put_batch
 from jax_distill.models import Model
+from jax_distill.models.hf_io import host_array  # batch-sharded outputs may span several hosts
 from jax_distill.parallel.sharding import ShardingRules, use_rules
 from jax_distill.sampling_params import SamplingParams
 
@@ -348,7 +349,7 @@ class Sampler:
         checked = [False] * B
         chunk = self.chunk_size if text_stops else params.max_tokens
         while True:
-            done = np.asarray(state["done"])
+            done = host_array(state["done"])
             step = int(state["step"])
             if text_stops:
                 if self._check_stop_strings(state, text_stops, cut, checked, n):
@@ -363,10 +364,10 @@ class Sampler:
     def _check_stop_strings(self, state, stops, cut, checked, n) -> bool:
         """Cut rows whose text now holds a stop string; returns whether any row changed. A finished
         row is checked once more (its last chunk) and then left alone."""
-        done = np.asarray(state["done"])
-        stopped = np.asarray(state["stopped"])
-        lengths = np.asarray(state["lengths"])
-        tokens = np.asarray(state["tokens"])
+        done = host_array(state["done"])
+        stopped = host_array(state["stopped"])
+        lengths = host_array(state["lengths"])
+        tokens = host_array(state["tokens"])
         changed = False
         for i in range(n):
             if cut[i] is not None or checked[i]:
@@ -391,9 +392,9 @@ class Sampler:
 
     def _outputs(self, state, cut, stop_ids, prompts, record_logits) -> SampleOutput:
         n = len(prompts)
-        tokens = np.asarray(state["tokens"])[:n]
-        lengths = np.asarray(state["lengths"])[:n]
-        stopped = np.asarray(state["stopped"])[:n]
+        tokens = host_array(state["tokens"])[:n]
+        lengths = host_array(state["lengths"])[:n]
+        stopped = host_array(state["stopped"])[:n]
         out = SampleOutput([], [], [], [], [], [len(p) for p in prompts])
         for i in range(n):
             if cut[i] is not None:
@@ -411,5 +412,5 @@ class Sampler:
             out.finish_reasons.append("length" if reason == "max_tokens" else "stop")
             out.stop_reasons.append(reason)
         if record_logits:
-            out.logits = np.asarray(state["logits"])[:n]
+            out.logits = host_array(state["logits"])[:n]
         return out

@@ -22,6 +22,7 @@ import numpy as np
 
 from jax_distill.batching import Static, batch_rows, bucket, left_pad, put_batch
 from jax_distill.models import Model
+from jax_distill.models.hf_io import host_array
 from jax_distill.parallel.sharding import ShardingRules, use_rules
 
 
@@ -88,7 +89,7 @@ def token_logprobs(
         targets, _, target_segments = left_pad([encoded[i][1] for i in idx], C, B)
         arrays = (tokens, positions, segments, targets, target_segments == 1)
         logp, greedy = _score(model.params, *(put_batch(a, rules) for a in arrays), **static)
-        logp, greedy = np.asarray(logp), np.asarray(greedy)
+        logp, greedy = host_array(logp), host_array(greedy)  # rows may span several hosts
         for row, i in enumerate(idx):
             n = len(encoded[i][1])
             out[i] = (logp[row, C - n :], greedy[row, C - n :])
