@@ -200,6 +200,14 @@ def variant_label(variant: str) -> str:
     return kind.replace("_", "-") + (f"-{comp}" if comp else "")
 
 
+def _chat_of(data: ConfigDict) -> dict[str, Any]:
+    """The chat fields of a student's training data config, as dotted fields of a stage that asks it
+    questions (evaluate, prune): rendered and stopped in the format it was trained on."""
+    from jax_distill.engines.jax_engine import CHAT_FIELDS
+
+    return {f"chat.{k}": data[k] for k in CHAT_FIELDS}
+
+
 def _derive(template: ConfigDict, **fields: Any) -> ConfigDict:
     """A copy of a stage config with dotted fields set (the template stays untouched)."""
     cfg = copy.deepcopy(template)
@@ -377,7 +385,7 @@ class Runner:
             kind, _, comp = cell.variant.partition(":")
             d = self.work / "traces" / cell.teacher / cell.student / variant_label(cell.variant)
             data = self.train_config(cell, self.config.seeds[0], students[cell.student], d, d).data
-            chat = {f"chat.{k}": data[k] for k in ("system", "template", "template_date", "template_kwargs", "end_of_turn")}
+            chat = _chat_of(data)
             cfg = _derive(self.config.prune, raw_dir=str(trace_dirs[cell.teacher]["raw"]), out_dir=str(d),
                           match_dir=str(trace_dirs[cell.teacher][comp]), mode=kind.removeprefix("prune_"),
                           budget=f"match:{comp}", student_tokenizer=str(students[cell.student]),
@@ -468,7 +476,8 @@ class Runner:
                 self.plan.append(f"# {run_dir}: trained")
             eval_dir = run_dir / "eval"
             ev = _derive(self.config.eval, checkpoint=str(run_dir / "export" / "hf"),
-                         output_dir=str(eval_dir), problems=copy.deepcopy(self.config.problems))
+                         output_dir=str(eval_dir), problems=copy.deepcopy(self.config.problems),
+                         **_chat_of(cfg.data))  # asked and stopped in the chat format the student learned
             if not (eval_dir / "eval_results.json").exists():
                 self.stage("evaluate", ev, eval_dir, evaluate.run)
         return run_dirs

@@ -111,6 +111,19 @@ def test_plan_only_prints_one_command_per_stage(tmp_path, capsys):
     assert not (tmp_path / "runs" / "procedural" / "tiny-qwen3" / "full" / "raw" / "seed0" / "train_summary.json").exists()
 
 
+def test_evaluation_asks_in_the_chat_format_the_student_was_trained_with(tmp_path):
+    """A student trained with a non-default chat format is evaluated (rendered, and stopped at the end of
+    its turn) in that format, not the eval template's defaults."""
+    result = experiment.run(miniature(tmp_path, plan_only=True, **{
+        "train.data.template": "fallback", "train.data.end_of_turn": "<|endoftext|>",
+        "train.data.system": "Think step by step."}))
+    for run in result["runs"]:
+        ev = json.loads(open(f"{run}/eval/evaluate_config.json").read())["chat"]
+        train = json.loads(open(f"{run}/train_config.json").read())["data"]
+        assert ev == {k: train[k] for k in ev}
+        assert (ev["template"], ev["end_of_turn"], ev["system"]) == ("fallback", "<|endoftext|>", "Think step by step.")
+
+
 def test_every_cell_is_trained_once_per_seed(tmp_path):
     result = experiment.run(miniature(tmp_path, plan_only=True, seeds="0,1"))
     assert len(result["runs"]) == 8 and sum("/train_config.json" in p for p in result["plan"]) == 8

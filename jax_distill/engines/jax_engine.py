@@ -30,6 +30,7 @@ from jax_distill.sampling_params import SamplingParams
 log = logging.getLogger(__name__)
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # "auto": bfloat16 on accelerators, float32 on CPU
+CHAT_FIELDS = ("system", "template", "template_date", "template_kwargs", "end_of_turn")  # of the data config
 
 
 def chat_config(**overrides) -> ConfigDict:
@@ -37,7 +38,7 @@ def chat_config(**overrides) -> ConfigDict:
     from jax_distill.data.pipeline import data_config
 
     data = data_config()
-    cfg = ConfigDict({k: data[k] for k in ("system", "template", "template_date", "template_kwargs", "end_of_turn")})
+    cfg = ConfigDict({k: data[k] for k in CHAT_FIELDS})
     for k, v in overrides.items():
         cfg[k] = v
     return cfg
