@@ -17,6 +17,7 @@ def miniature(workdir, **extra):
         "workdir": str(workdir),
         "problems.synthetic.num": 60,
         "problems.eval_limit": 6,
+        "problems.held_out": "arith=0.2",
         "methods": "full",
         "train.train.seq_len": 512,
         "train.train.batch_size": 8,

@@ -35,11 +35,11 @@ def get_config(preset: str = "") -> ConfigDict:
     compressor's budget (prune_steps:extractive); on the tests' miniature it takes 1.8x the CPU time."""
     c = default_config()
     c.workdir = "runs/demo"
-    c.problems.synthetic.num = 1000
+    c.problems.synthetic.num = 600
     c.problems.synthetic.steps = 3
     c.problems.synthetic.max_value = 3  # few arithmetic facts: a tiny student can learn them on a CPU
     c.problems.synthetic.ops = OPS
-    c.problems.eval_fraction = 0.2
+    c.problems.held_out = ("arith=200",)  # 200 held-out questions, 400 to train on: ~50 updates per variant
     c.problems.eval_limit = 200
 
     teacher = config_file(f"{CONFIGS}/traces/generate.py:procedural")
@@ -68,7 +68,7 @@ def get_config(preset: str = "") -> ConfigDict:
             tiny=dict(family="qwen3", vocab_size=384, hidden_size=128, intermediate_size=352, num_layers=3,
                       num_heads=4, num_kv_heads=2, head_dim=32, max_position_embeddings=1024, seed=0),
             pretrain=dict(teacher="", problems=pretrain_problems,  # one corpus, no variants to match: rows by tokens
-                          train=dict(train=dict(budget="tokens"), data=dict(num_epochs=2), optim=dict(lr=3e-3))),
+                          train=dict(train=dict(budget="tokens"), data=dict(num_epochs=1), optim=dict(lr=3e-3))),
         )),
     })
     c.methods = ("full", "lora")
