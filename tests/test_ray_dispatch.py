@@ -8,7 +8,6 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 from collections import Counter
@@ -132,13 +131,10 @@ def test_vllm_engine_on_a_ray_actor_equals_a_local_run(tmp_path):
     """The vLLM CPU build (.venv-vllm) through the same path: one actor builds the engine from the config
     (num_gpus 0 here: the engine's tensor_parallel_size on GPU hosts), its records equal a local run's."""
     # see test_an_actor_the_cluster_cannot_place_fails_at_once: the default num_gpus would ask for 1 GPU
-    from hf_tiny import CACHE, save_tiny_model
+    import vllm_venv
+    from hf_tiny import save_tiny_model
 
-    vllm_python = Path(os.environ.get("JAX_DISTILL_VLLM_VENV", ROOT / ".venv-vllm")) / "bin" / "python"
-    if not vllm_python.exists():
-        if os.environ.get("JAX_DISTILL_REQUIRE_VLLM"):
-            raise RuntimeError(f"JAX_DISTILL_REQUIRE_VLLM is set but {vllm_python} does not exist")
-        pytest.skip(f"{vllm_python} not found (scripts/setup_vllm.sh)")
+    vllm_venv.require()
     model = save_tiny_model("qwen3", tmp_path / "qwen3", head_dim=32, max_position_embeddings=2048)
     overrides = {"problems.synthetic.num": 12, "problems.synthetic.steps": 1, "sampling.n": 2,
                  "sampling.max_tokens": 16, "sampling.temperature": 1.0, "keep": "all", "chunk_size": 5,
@@ -147,17 +143,7 @@ def test_vllm_engine_on_a_ray_actor_equals_a_local_run(tmp_path):
                  "engine.vllm.gpu_memory_utilization": 0.1, "dispatch.num_cpus": 1.0, "dispatch.num_gpus": 0.0}
     spec = {"config": str(ROOT / "configs/traces/generate.py"), "overrides": overrides, "out": str(tmp_path / "out.json"),
             "ray_out": str(tmp_path / "ray"), "local_out": str(tmp_path / "local")}
-    (tmp_path / "spec.json").write_text(json.dumps(spec))
-    env = dict(os.environ, PYTHONPATH=str(ROOT), VLLM_CACHE_ROOT=str(CACHE / "vllm"), VLLM_LOGGING_LEVEL="WARNING")
-    proc = subprocess.Popen([str(vllm_python), str(ROOT / "tests/ray_vllm_driver.py"), str(tmp_path / "spec.json")],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=900)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # Ray's and vLLM's processes too
-        out, _ = proc.communicate()
-    assert proc.returncode == 0, out[-6000:]
+    vllm_venv.run_driver("ray_vllm_driver.py", spec, tmp_path / "spec.json")
     results = json.loads((tmp_path / "out.json").read_text())
     assert results["ray"]["total"] == results["local"]["total"] and results["ray"]["balanced"]
     assert results["ray"]["total"]["generated"] == 2 * results["ray"]["problems_in_shard"] > 0

@@ -16,26 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from hf_tiny import CACHE, save_tiny_model, tokenizer_dir
+import vllm_venv
+from hf_tiny import save_tiny_model, tokenizer_dir
 from jax_distill.cli import load_config
 from jax_distill.traces import compress, generate, store
+from vllm_venv import ROOT, VLLM_ENV, VLLM_PYTHON
 
-ROOT = Path(__file__).resolve().parents[1]
-VLLM_PYTHON = Path(os.environ.get("JAX_DISTILL_VLLM_VENV", ROOT / ".venv-vllm")) / "bin" / "python"
-
-if not VLLM_PYTHON.exists():
-    if os.environ.get("JAX_DISTILL_REQUIRE_VLLM"):
-        raise RuntimeError(f"JAX_DISTILL_REQUIRE_VLLM is set but {VLLM_PYTHON} does not exist: run scripts/setup_vllm.sh")
-    pytest.skip(f"{VLLM_PYTHON} not found (run scripts/setup_vllm.sh; set JAX_DISTILL_REQUIRE_VLLM=1 to make this "
-                "an error)", allow_module_level=True)
+vllm_venv.require()
 
 GEN = {"problems.synthetic.num": 12, "problems.synthetic.steps": 1, "sampling.n": 2, "sampling.max_tokens": 24,
        "sampling.temperature": 1.0, "keep": "all", "chunk_size": 4}
 COMPRESS = {"compressor.kind": "engine", "compressor.sampling.max_tokens": 32, "policy": "retry", "retries": 1}
-
-
-VLLM_ENV = {"VLLM_CACHE_ROOT": str(CACHE / "vllm"), "VLLM_LOGGING_LEVEL": "WARNING",
-            "VLLM_CPU_KVCACHE_SPACE": "1"}  # GiB of KV cache: plenty for tiny models
 
 
 def run_driver(tmp: Path, spec: dict) -> dict:
@@ -43,17 +34,7 @@ def run_driver(tmp: Path, spec: dict) -> dict:
     spec = {"gpu_memory_utilization": 0.1, "out": str(tmp / "results.json"),
             "generate_config": str(ROOT / "configs/traces/generate.py"),
             "compress_config": str(ROOT / "configs/traces/compress.py"), **spec}
-    (tmp / "spec.json").write_text(json.dumps(spec))
-    env = dict(os.environ, PYTHONPATH=str(ROOT), **VLLM_ENV)
-    proc = subprocess.Popen([str(VLLM_PYTHON), str(ROOT / "tests/vllm_driver.py"), str(tmp / "spec.json")],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=900)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # vLLM's engine process too
-        out, _ = proc.communicate()
-    assert proc.returncode == 0, out[-6000:]
+    vllm_venv.run_driver("vllm_driver.py", spec, tmp / "spec.json")
     return json.loads((tmp / "results.json").read_text())
 
 
