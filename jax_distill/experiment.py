@@ -22,6 +22,9 @@ dispatching the grid over TPU slices and GPU hosts with launch/).
 Variants: raw | compressed:<compressor> | truncated:<compressor> | answer_only | prune_tokens:<compressor> |
 prune_steps:<compressor> (traces/prune.py: the cell's student prunes the raw traces to the length of their
 <compressor> twins in its own tokens, under traces/<teacher>/<student>/prune-{tokens,steps}-<compressor>).
+The `effort` baseline is a teacher, not a variant kind: `effort_of.<t> = <reference>` names a gpt-oss
+teacher at a lower reasoning effort; its cells train on its own raw traces, and the report's compression
+table shows its rho against the reference teacher's traces, paired by question (report.effort_rows).
 Matched sets (`matched`, on by default): the variants of one teacher/student/method row train on the
 same raw traces, or none of them: after generation, compression, truncation and the length filter (in
 the student's tokens and the row's seq_len), jax_distill/data/matched.py keeps the ids usable in every
@@ -63,6 +66,10 @@ def default_config() -> ConfigDict:
     c.plan_only = False  # print one command per stage instead of running them
     c.problems = problems_config()  # shared by generate and evaluate: same sources, split and seed
     c.teachers = ConfigDict()  # name -> generate-stage config
+    # teacher -> the teacher it is at a lower reasoning effort (gpt-oss, harmony's reasoning_effort: the
+    # `effort` baseline; the two configs may differ in nothing else that shapes the traces); both generate,
+    # and the report's compression table pairs their kept traces by question (report.effort_rows)
+    c.effort_of = ConfigDict()
     c.compressors = ConfigDict()  # name -> compress-stage config
     c.truncate = ConfigDict()  # truncate-stage template (inputs and outputs are set per cell)
     c.prune = ConfigDict()  # prune-stage template for prune_* variants (inputs, scorer and budget set per cell)
@@ -109,6 +116,8 @@ def validate(c: ConfigDict) -> None:
     bad = sorted(set(c.methods) - {"lora", "full"})
     checks.need(not bad, "methods", f"unknown methods {bad}; choose from lora, full")
     checks.need(len(c.teachers) > 0, "teachers", "must name at least one generate-stage config")
+    for low, high in c.effort_of.items():
+        _check_effort_pair(c, low, high)
     checks.need(len(c.students) > 0, "students", "must name at least one student")
     checks.is_type(c, "variants", (tuple, list))
     checks.need(bool(c.variants), "variants", "must name at least one variant")
@@ -137,6 +146,46 @@ def validate(c: ConfigDict) -> None:
     checks.positive(c, "cost.mfu")
     checks.at_least(c, "cost.train_examples", 0)
     checks.positive(c, "cost.chars_per_token")
+
+
+# teacher fields that place or pace generation without changing a trace: free to differ in an effort pair
+PLACEMENT = ("out_dir", "shard", "chunk_size", "dispatch", "problems", "engine.batch_size", "engine.openai",
+             "engine.vllm.tensor_parallel_size", "engine.vllm.gpu_memory_utilization", "engine.vllm.enforce_eager",
+             "engine.jax.mesh")
+
+
+def reasoning_effort(c: ConfigDict, teacher: str) -> str:
+    """A harmony teacher's reasoning_effort (engine.chat_template_kwargs); ConfigError otherwise."""
+    from jax_distill.report import EFFORTS
+
+    engine, field = c.teachers[teacher].engine, f"teachers.{teacher}.engine"
+    checks.need(engine.reasoning == "harmony", f"{field}.reasoning", "an effort pair is of gpt-oss teachers "
+                f"(reasoning harmony, reasoning_effort in chat_template_kwargs); got {engine.reasoning!r}")
+    effort = checks.json_object(engine.chat_template_kwargs, f"{field}.chat_template_kwargs").get("reasoning_effort")
+    checks.need(effort in EFFORTS, f"{field}.chat_template_kwargs", f"must set reasoning_effort to one of {EFFORTS}; "
+                f"got {engine.chat_template_kwargs!r}")
+    return effort
+
+
+def _check_effort_pair(c: ConfigDict, low: str, high: str) -> None:
+    from jax_distill.report import EFFORTS
+
+    field = f"effort_of.{low}"
+    for name in (low, high):
+        checks.need(name in c.teachers, field, f"{name!r} names no teacher in config.teachers {sorted(c.teachers)}")
+    checks.need(high not in c.effort_of, field, f"{high!r} is itself at a lower effort of {c.effort_of.get(high)!r}: "
+                "name the reference teacher")
+    efforts = reasoning_effort(c, low), reasoning_effort(c, high)
+    checks.need(EFFORTS.index(efforts[0]) < EFFORTS.index(efforts[1]), field,
+                f"{low!r} (reasoning_effort {efforts[0]}) must be a lower reasoning effort than {high!r} ({efforts[1]})")
+    fields = [_flatten(c.teachers[t]) for t in (low, high)]
+    for flat, t in zip(fields, (low, high)):
+        kwargs = checks.json_object(flat["engine.chat_template_kwargs"], f"teachers.{t}.engine.chat_template_kwargs")
+        flat["engine.chat_template_kwargs"] = {k: v for k, v in kwargs.items() if k != "reasoning_effort"}
+    shaping = lambda k: not any(k == p or k.startswith(p + ".") for p in PLACEMENT)  # noqa: E731
+    differ = sorted(k for k in set(fields[0]) | set(fields[1]) if shaping(k) and fields[0].get(k) != fields[1].get(k))
+    checks.need(not differ, field, f"{low!r} and {high!r} differ beyond the reasoning effort in {differ}: their rho "
+                "and accuracies would then measure those fields too")
 
 
 def _check_variant(c: ConfigDict, field: str, v: str) -> None:
@@ -217,19 +266,20 @@ def _derive(template: ConfigDict, **fields: Any) -> ConfigDict:
     return cfg
 
 
+def _flatten(node, prefix: str = "") -> dict[str, Any]:
+    """Nested config -> {"a.b.c": leaf value}."""
+    flat = {}
+    for k, v in node.items():
+        if isinstance(v, (ConfigDict, dict)):
+            flat.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
 def _merge(cfg: ConfigDict, overrides: ConfigDict) -> ConfigDict:
     """Nested overrides (method-specific hyperparameters) onto a stage config, fields must exist."""
-    flat = {}
-
-    def walk(node, prefix):
-        for k, v in node.items():
-            if isinstance(v, (ConfigDict, dict)):
-                walk(v, f"{prefix}{k}.")
-            else:
-                flat[f"{prefix}{k}"] = v
-
-    walk(overrides, "")
-    return _derive(cfg, **flat)
+    return _derive(cfg, **_flatten(overrides))
 
 
 class Runner:
@@ -267,7 +317,8 @@ class Runner:
         from jax_distill.traces import generate
 
         raw_dirs = {}
-        for teacher in dict.fromkeys(cell.teacher for cell in self.cells):
+        pairs = [t for pair in self.config.effort_of.items() for t in pair]  # generated for their rho, cells or not
+        for teacher in dict.fromkeys([cell.teacher for cell in self.cells] + pairs):
             raw = self.work / "traces" / teacher / "raw"
             cfg = _derive(self.config.teachers[teacher], out_dir=str(raw), problems=copy.deepcopy(self.config.problems))
             self.stage("generate", cfg, raw, generate.run)
@@ -487,7 +538,11 @@ class Runner:
         from jax_distill import report
 
         out = self.work / "report"
-        cfg = _derive(self.config.report, runs=tuple(str(d) for d in run_dirs), output_dir=str(out))
+        raw = lambda teacher: str(self.work / "traces" / teacher / "raw")  # noqa: E731  (as generate writes it)
+        efforts = {low: dict(of=high, effort=reasoning_effort(self.config, low), of_effort=reasoning_effort(self.config, high),
+                             traces=raw(low), of_traces=raw(high)) for low, high in self.config.effort_of.items()}
+        cfg = _derive(self.config.report, runs=tuple(str(d) for d in run_dirs), output_dir=str(out),
+                      **({"efforts": ConfigDict(efforts)} if efforts else {}))
         return self.stage("report", cfg, out, report.run)
 
     # ------------------------------------------------------------------------- cost plan
