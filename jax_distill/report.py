@@ -29,8 +29,13 @@ counts as wrong, as in the evaluate stage). Statistics, all at 95% (jax_distill.
                 measurements (seed-averaged).
 
 Tables (markdown + CSV each, in output_dir): compression (teacher x compressor, from the compress stage's
-summary in each compressed run's data folder), main (rows teacher/student/method, a column per variant),
-comparisons, truncation (compressed vs truncated at matched budget), equal_budget (per compressor X:
+summary in each compressed run's data folder; and a row "effort:<e> (<teacher>)" per teacher at a lower
+reasoning effort, config.efforts: its kept raw traces against the same teacher's at the reference effort,
+paired by question, a question's length the mean over its kept samples, rho = effort / reference length
+in chars and student tokens over the questions kept at both, *_all with a lost question at 1; inputs,
+examples, dropped and errors count questions: kept at the reference, kept at both, lost at the effort
+(rejected; with an engine error), beside unpaired and kept_only_at_effort; stats.effort_table), main
+(rows teacher/student/method, a column per variant), comparisons, truncation (compressed vs truncated at matched budget), equal_budget (per compressor X:
 raw, the rewrite compressed-X, prune-tokens-X, prune-steps-X and truncated-X, all but raw at X's
 per-example budget in student tokens: accuracy, mean output tokens, the paired difference against raw
 and against the rewrite with its interval and McNemar p; "*" = resolved), ood (multiple-choice tasks, acc and
@@ -61,6 +66,7 @@ log = logging.getLogger(__name__)
 
 KEY = ("teacher", "student", "method", "variant")
 ROW = KEY[:3]  # a table row: one teacher/student/method, variants side by side
+EFFORTS = ("low", "medium", "high")  # gpt-oss reasoning_effort values, lowest first
 
 
 # ----------------------------------------------------------------------------- config
@@ -72,6 +78,10 @@ def default_config() -> ConfigDict:
     c.runs = ()  # globs of run directories, or of a grid root to search below (command line: a,b)
     c.output_dir = ""  # the tables (markdown + CSV), accuracy_vs_length.png and report.json
     c.baseline = "raw"  # the variant every comparison and relative column is against
+    # teacher at a lower reasoning effort -> {of: the same teacher at its reference effort, effort and
+    # of_effort: the two reasoning efforts, traces and of_traces: their raw trace folders}: a row each
+    # in the compression table (the experiment fills it from its effort_of field)
+    c.efforts = ConfigDict()
     c.n_boot = uncertainty.N_BOOT  # bootstrap resamples per interval
     c.seed = 0  # bootstrap seed (the report is deterministic)
     return c
@@ -88,6 +98,16 @@ def validate(config: ConfigDict) -> None:
     checks.need(bool(config.baseline), "baseline", "must name the variant comparisons are against")
     checks.is_type(config, "n_boot", int)
     checks.at_least(config, "n_boot", 100)
+    for teacher, pair in config.efforts.items():
+        field = f"efforts.{teacher}"
+        for name in ("of", "effort", "of_effort", "traces", "of_traces"):
+            checks.need(isinstance(pair.get(name), str) and bool(pair.get(name)), f"{field}.{name}", "must be set")
+        for name in ("effort", "of_effort"):
+            checks.one_of(config, f"{field}.{name}", EFFORTS)
+        checks.need(EFFORTS.index(pair.effort) < EFFORTS.index(pair.of_effort), f"{field}.effort",
+                    f"{pair.effort!r} must be a lower reasoning effort than of_effort {pair.of_effort!r}")
+        for name in ("traces", "of_traces"):
+            checks.exists(config, f"{field}.{name}", what="raw trace folder")
     checks.is_type(config, "seed", int)
 
 
@@ -365,22 +385,55 @@ def compression_rows(cells: dict[tuple, list[dict]], summaries: dict[tuple, dict
     rows = []
     for teacher, comp in sorted(set(stage_summaries) | set(token_ratios)):
         s = stage_summaries.get((teacher, comp), {})
-        total, table = s.get("total", {}), s.get("table", [])
-        examples = sum(t["examples"] for t in table)
-        # each dataset's mean weighted by what it averages: successes, or (the *_all means) all its inputs
-        weighted = lambda f, n="compressed": (  # noqa: E731
-            sum(t[f] * t.get(n, t["examples"]) for t in table if t.get(f) is not None)
-            / max(1, sum(t.get(n, t["examples"]) for t in table if t.get(f) is not None))) if table else None
+        total = s.get("total", {})
         rows.append({
-            "teacher": teacher, "compressor": comp, "policy": s.get("policy"), "examples": examples or None,
-            "inputs": sum(t.get("inputs", t["examples"]) for t in table) or None,
-            "mean_rho_chars": weighted("mean_rho_chars"), "mean_rho_tokens": weighted("mean_rho_tokens"),
-            "mean_rho_chars_all": weighted("mean_rho_chars_all", "inputs"),
-            "mean_rho_tokens_all": weighted("mean_rho_tokens_all", "inputs"),
+            "kind": "compressor", "teacher": teacher, "compressor": comp, "policy": s.get("policy"),
+            **_pooled(s.get("table", [])),
             "train_token_ratio": _mean(token_ratios.get((teacher, comp), [])),
             "fallback_raw": total.get("fallback_raw"), "dropped": total.get("dropped"),
             "errors": sum(total.get("errors", {}).values()) if total else None,
         })
+    return rows
+
+
+def _pooled(table: list[dict]) -> dict:
+    """A compress stage's per-dataset table (stats.compression_table) as one row: inputs and examples
+    summed, each dataset's mean weighted by what it averages: its successes ("compressed", else
+    "examples"), or (the *_all means) all its inputs; None where no dataset has the figure."""
+    def weighted(field: str, n: str) -> float | None:
+        parts = [(t[field], t.get(n, t["examples"])) for t in table if t.get(field) is not None]
+        weight = sum(w for _, w in parts)
+        return sum(v * w for v, w in parts) / weight if weight else None
+
+    return {
+        "inputs": sum(t.get("inputs", t["examples"]) for t in table) or None,
+        "examples": sum(t["examples"] for t in table) or None,
+        "mean_rho_chars": weighted("mean_rho_chars", "compressed"),
+        "mean_rho_chars_all": weighted("mean_rho_chars_all", "inputs"),
+        "mean_rho_tokens": weighted("mean_rho_tokens", "compressed"),
+        "mean_rho_tokens_all": weighted("mean_rho_tokens_all", "inputs"),
+    }
+
+
+def effort_rows(efforts: ConfigDict, summaries: dict[tuple, dict], baseline: str) -> list[dict]:
+    """A compression-table row per teacher at a lower reasoning effort (config.efforts): rho of its kept
+    traces against the same teacher's at the reference effort, paired by question (stats.effort_table:
+    the mean over each question's kept samples, over the questions kept at both; *_all: a lost question
+    at 1), the questions lost at the effort (dropped: rejected; errors: an engine error among its
+    samples), the unpaired ones and those kept only at the effort, and the training-token ratio of its
+    baseline runs against the reference teacher's on the same student and method."""
+    from jax_distill.traces.stats import effort_table
+
+    rows = []
+    for teacher, pair in efforts.items():
+        label = f"effort:{pair.effort} ({teacher})"
+        (total,) = effort_table(pair.traces, pair.of_traces, label, by_dataset=False) or [{}]
+        ratios = [_ratio(s["train_tokens"], summaries[ref]["train_tokens"]) for key, s in summaries.items()
+                  if key[0] == teacher and key[3] == baseline and (ref := (pair.of,) + key[1:]) in summaries]
+        rows.append({"kind": "teacher_effort", "teacher": pair.of, "compressor": label,
+                     "policy": f"teacher effort vs {pair.of_effort}",
+                     **{k: v for k, v in total.items() if k not in ("dataset", "compressor")},
+                     "train_token_ratio": _mean(ratios), "fallback_raw": None})
     return rows
 
 
@@ -505,9 +558,11 @@ TABLES = {
         "retention": lambda r: _interval(r["retention"], r["retention_lo"], r["retention_hi"]),
         "token_efficiency": lambda r: _interval(r["token_efficiency"], r["token_efficiency_lo"], r["token_efficiency_hi"], 2),
     }),
-    # rho over successes and over all inputs (a failure at 1, the raw trace), the fallbacks beside them
+    # rho over successes and over all inputs (a failure at 1, the raw trace), the fallbacks beside them;
+    # a teacher effort's row counts questions (effort_rows), the last two columns are its own
     "compression": (["teacher", "compressor", "policy", "inputs", "examples", "mean_rho_chars", "mean_rho_chars_all",
-                     "mean_rho_tokens", "mean_rho_tokens_all", "train_token_ratio", "fallback_raw", "dropped", "errors"], {
+                     "mean_rho_tokens", "mean_rho_tokens_all", "train_token_ratio", "fallback_raw", "dropped", "errors",
+                     "unpaired", "kept_only_at_effort"], {
         "mean_rho_chars": lambda r: _num(r["mean_rho_chars"]), "mean_rho_tokens": lambda r: _num(r["mean_rho_tokens"]),
         "mean_rho_chars_all": lambda r: _num(r.get("mean_rho_chars_all")),
         "mean_rho_tokens_all": lambda r: _num(r.get("mean_rho_tokens_all")),
@@ -590,8 +645,9 @@ def plot(summaries: list[dict], path: str) -> str:
 # ----------------------------------------------------------------------------- the stage
 
 
-def build(runs: list[dict], baseline: str = "raw", n_boot: int = uncertainty.N_BOOT, seed: int = 0) -> dict:
-    """Every table's rows (numbers, not text) from collected runs."""
+def build(runs: list[dict], baseline: str = "raw", n_boot: int = uncertainty.N_BOOT, seed: int = 0,
+          efforts: ConfigDict | None = None) -> dict:
+    """Every table's rows (numbers, not text) from collected runs (and the effort pairs' trace folders)."""
     cells = group_cells(runs)
     order = lambda key: (key[:3], key[3] != baseline, key[3])  # noqa: E731  the baseline first in each row
     cells = {key: cells[key] for key in sorted(cells, key=order)}
@@ -605,7 +661,7 @@ def build(runs: list[dict], baseline: str = "raw", n_boot: int = uncertainty.N_B
         "truncation": truncation,
         "efficiency": efficiency_rows(items, summaries, baseline, n_boot, seed),
         "equal_budget": equal_budget_rows(items, summaries, baseline, n_boot, seed),
-        "compression": compression_rows(cells, summaries, baseline),
+        "compression": compression_rows(cells, summaries, baseline) + effort_rows(efforts or {}, summaries, baseline),
         "datasets": dataset_rows(items, summaries, n_boot, seed),
         "budget": budget_rows(cells),
         "ood": ood_rows(cells),
@@ -643,7 +699,7 @@ def run(config) -> dict:
     runs, skipped = collect_runs(config.runs)
     if not runs:
         raise ValueError(f"report: no complete runs under {config.runs!r}" + (f" ({'; '.join(skipped)})" if skipped else ""))
-    tables = build(runs, config.baseline, config.n_boot, config.seed)
+    tables = build(runs, config.baseline, config.n_boot, config.seed, config.efforts)
     paths = write_report(tables, config.output_dir, skipped)
     for name, title in (("main", "accuracy, 95% intervals"), ("comparisons", f"paired differences against {config.baseline}"),
                         ("truncation", "compressed vs length-matched truncated"),

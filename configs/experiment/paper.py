@@ -8,6 +8,11 @@ with the main grid's compressed-llama runs is paired) for every student with LoR
 fine-tuning for the three dense students (gpt-oss-20b full, the most expensive run, is left out). The
 answer-only run is likewise ours: Qwen teacher, Qwen3.5-0.8B, full fine-tuning (the cheapest cell).
 
+`paper.py:effort` adds the issue's `effort` baseline (beyond the paper): the gpt-oss teacher at
+reasoning effort low (`gptoss-120b-low`, effort_of `gptoss-120b`), generated on the same questions, and
+its raw traces trained with LoRA for every student (4 runs beside the main grid's gptoss-120b LoRA raw
+runs); the report's compression table shows its rho against the high-effort traces.
+
 Point the paths at local or gs:// copies of the models (no hub at run time), then either run it all from
 one host, or print one command per stage and dispatch them (vLLM stages on GPU hosts with
 launch/gpu_host.sh, training on TPU slices with launch/tpu_vm.sh):
@@ -34,14 +39,24 @@ STUDENTS = {  # name in tables (config keys take no dots) -> (folder under MODEL
 }
 
 
-QWEN = "qwen35-397b"
+QWEN, GPTOSS, GPTOSS_LOW = "qwen35-397b", "gptoss-120b", "gptoss-120b-low"
 TRUNCATION_CELLS = tuple(f"{QWEN}/{s}/lora/truncated:llama" for s in STUDENTS) + tuple(
     f"{QWEN}/{s}/full/truncated:llama" for s in ("qwen35-0p8b", "qwen35-9b", "llama31-8b")
 )
 ANSWER_ONLY_CELLS = (f"{QWEN}/qwen35-0p8b/full/answer_only",)
+EFFORT_CELLS = tuple(f"{GPTOSS_LOW}/{s}/lora/raw" for s in STUDENTS)  # the `effort` preset's runs
 
 
-def get_config() -> ConfigDict:
+def gptoss_teacher(effort: str = "high") -> ConfigDict:
+    gptoss = config_file(f"{CONFIGS}/traces/generate.py:gptoss_vllm" + ("" if effort == "high" else f",effort={effort}"))
+    gptoss.engine.model = f"{MODELS}/gpt-oss-120b"
+    gptoss.engine.vllm.tensor_parallel_size = 4
+    return gptoss
+
+
+def get_config(preset: str = "") -> ConfigDict:
+    if preset not in ("", "effort"):
+        raise ValueError(f"unknown preset {preset!r} (\"\" = the paper's runs, effort)")
     c = default_config()
     c.workdir = "runs/paper"
     c.problems.sources = ("hf",)
@@ -54,10 +69,7 @@ def get_config() -> ConfigDict:
     qwen = config_file(f"{CONFIGS}/traces/generate.py:qwen3_vllm")
     qwen.engine.model = f"{MODELS}/Qwen3.5-397B-A17B"
     qwen.engine.vllm.tensor_parallel_size = 8
-    gptoss = config_file(f"{CONFIGS}/traces/generate.py:gptoss_vllm")
-    gptoss.engine.model = f"{MODELS}/gpt-oss-120b"
-    gptoss.engine.vllm.tensor_parallel_size = 4
-    c.teachers = ConfigDict({"qwen35-397b": qwen, "gptoss-120b": gptoss})
+    c.teachers = ConfigDict({QWEN: qwen, GPTOSS: gptoss_teacher()})
 
     llama = config_file(f"{CONFIGS}/traces/compress.py:vllm")
     llama.compressor.engine.model = f"{MODELS}/Llama-3.3-70B-Instruct"
@@ -70,9 +82,14 @@ def get_config() -> ConfigDict:
     c.students = ConfigDict({name: ConfigDict(dict(path=f"{MODELS}/{folder}", tiny={})) for name, (folder, _) in STUDENTS.items()})
     c.methods = ("lora", "full")
     c.grids = ConfigDict({"main": ConfigDict(dict(
-        teachers=("*",), students=("*",), methods=("lora", "full"), variants=("raw", "compressed:llama", "compressed:ministral"),
+        teachers=(QWEN, GPTOSS), students=("*",), methods=("lora", "full"),
+        variants=("raw", "compressed:llama", "compressed:ministral"),
     ))})
     c.cells = TRUNCATION_CELLS + ANSWER_ONLY_CELLS
+    if preset == "effort":
+        c.teachers[GPTOSS_LOW] = gptoss_teacher("low")
+        c.effort_of = ConfigDict({GPTOSS_LOW: GPTOSS})
+        c.cells += EFFORT_CELLS
     c.cost.chip = "h100"
     c.cost.train_examples = 283_000  # the paper's kept traces per teacher, until the traces exist
 

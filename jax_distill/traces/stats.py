@@ -1,5 +1,6 @@
 """Counting for the trace stages: student-token counts, progress lines with rate and ETA, the per
-dataset x compressor summary table (the paper's mean rho / token ratio), and a CLI that prints the
+dataset x compressor summary table (the paper's mean rho / token ratio), the same rho for a teacher at a
+lower reasoning effort against its reference effort (effort_table), and a CLI that prints the
 statistics of any record directory:
 `python -m jax_distill.traces.stats --config configs/traces/stats.py --config.path=DIR`.
 """
@@ -118,6 +119,74 @@ def compression_table(records: Iterable[dict], failed_by_dataset: dict[str, int]
             "compressed": len(compressed),
             "fallback_raw": fallbacks,
             "failed": fallbacks + missing,
+            "mean_rho_chars": round(statistics.fmean(rho), 4) if rho else None,
+            "mean_rho_chars_all": round(statistics.fmean(rho_all), 4) if rho_all else None,
+            "mean_rho_tokens": round(statistics.fmean(tok), 4) if tok else None,
+            "mean_rho_tokens_all": round(statistics.fmean(tok_all), 4) if tok_all else None,
+        })
+    return rows
+
+
+def _kept_lengths(folder: str) -> tuple[dict[str, list[tuple]], dict[str, str]]:
+    """problem_id -> [(trace chars, student tokens or None) per kept sample], problem_id -> dataset."""
+    from jax_distill.traces.store import read_records
+
+    samples, dataset = defaultdict(list), {}
+    for r in read_records(folder, variant="raw"):
+        samples[r["problem_id"]].append((len(r["trace"]), r["meta"].get("student_tokens")))
+        dataset[r["problem_id"]] = r["dataset"]
+    return samples, dataset
+
+
+def _question_rho(effort: list[tuple], reference: list[tuple], i: int) -> float | None:
+    """Mean length over a question's kept samples at the effort / the same at the reference (i: 0 chars,
+    1 student tokens; None when a sample has no count, or the reference's tokens are 0)."""
+    if any(s[i] is None for s in effort + reference):
+        return None
+    low, high = statistics.fmean(s[i] for s in effort), statistics.fmean(s[i] for s in reference)
+    return low / max(high, 1) if i == 0 else (low / high if high else None)
+
+
+def effort_table(effort_dir: str, reference_dir: str, label: str, by_dataset: bool = True) -> list[dict]:
+    """Per dataset (or one row, dataset "all", with by_dataset=False): one teacher's kept traces at a lower reasoning effort (raw folder `effort_dir`)
+    against its kept traces at the reference effort (`reference_dir`), paired BY QUESTION (problem_id;
+    sample k at one effort is no twin of sample k at the other). A question's length at an effort is the
+    MEAN over its kept samples (raw training trains on every one under keep=all_correct, on the one
+    under first_correct), in chars and, where every sample of both counts them (meta.student_tokens:
+    generate's student_tokenizer), in student tokens; rho = effort length / reference length.
+    mean_rho_*: over the questions kept at both; mean_rho_*_all: over `inputs`, a lost question at 1 (as a
+    failed compression: the reference trace kept). Counts, by question: inputs (kept at the reference,
+    generated at the effort: in its finished chunks), examples (kept at both), dropped (lost: every
+    sample rejected at the effort), errors (lost, with an engine error or empty completion among its
+    samples), unpaired (kept at one effort, never generated at the other: in no count above),
+    kept_only_at_effort (rejected at the reference, kept at the effort), and the kept samples of the
+    questions kept at both (reference_samples, effort_samples)."""
+    from jax_distill.traces.store import finished, read_errors
+
+    effort, effort_ds = _kept_lengths(effort_dir)
+    reference, reference_ds = _kept_lengths(reference_dir)
+    generated = {"effort": finished(effort_dir)[0], "reference": finished(reference_dir)[0]}
+    errored = {e.get("problem_id") for e in read_errors(effort_dir)}
+    if not by_dataset:  # one group: its means over every question, not a mean of dataset means
+        effort_ds, reference_ds = dict.fromkeys(effort_ds, "all"), dict.fromkeys(reference_ds, "all")
+    rows = []
+    for dataset in sorted(set(effort_ds.values()) | set(reference_ds.values())):
+        ours = [q for q in reference if reference_ds[q] == dataset]
+        inputs = [q for q in ours if q in generated["effort"]]
+        both = [q for q in inputs if q in effort]
+        lost = [q for q in inputs if q not in effort]
+        at_effort = [q for q in effort if effort_ds[q] == dataset and q not in reference]
+        rho = [_question_rho(effort[q], reference[q], 0) for q in both]
+        tok = [t for q in both if (t := _question_rho(effort[q], reference[q], 1)) is not None]
+        rho_all = rho + [1.0] * len(lost)
+        tok_all = tok + ([1.0] * len(lost) if tok else [])
+        rows.append({
+            "dataset": dataset, "compressor": label, "inputs": len(inputs), "examples": len(both),
+            "dropped": sum(q not in errored for q in lost), "errors": sum(q in errored for q in lost),
+            "unpaired": len(ours) - len(inputs) + sum(q not in generated["reference"] for q in at_effort),
+            "kept_only_at_effort": sum(q in generated["reference"] for q in at_effort),
+            "reference_samples": sum(len(reference[q]) for q in both),
+            "effort_samples": sum(len(effort[q]) for q in both),
             "mean_rho_chars": round(statistics.fmean(rho), 4) if rho else None,
             "mean_rho_chars_all": round(statistics.fmean(rho_all), 4) if rho_all else None,
             "mean_rho_tokens": round(statistics.fmean(tok), 4) if tok else None,
