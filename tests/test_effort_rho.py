@@ -103,9 +103,18 @@ def test_compression_table_shows_the_effort_row(effort_pair, tmp_path):
                                     ("gptoss-low", "full", 200)):
         write_run(root, f"{teacher}-{method}", variant="raw", teacher=teacher, method=method, correct=[1] * 20,
                   tokens=50, train_tokens=tokens)
+    # beside a compressor whose stage counted no student tokens
+    comp_dir = tmp_path / "compressed-llama"
+    comp_dir.mkdir()
+    (comp_dir / "summary.json").write_text(json.dumps({"policy": "retry", "total": {"dropped": 1, "errors": {}}, "table": [
+        {"dataset": "arith", "compressor": "llama", "inputs": 10, "examples": 9, "compressed": 9, "mean_rho_chars": 0.3,
+         "mean_rho_chars_all": 0.37, "mean_rho_tokens": None, "mean_rho_tokens_all": None}]}))
+    write_run(root, "compressed", variant="compressed-llama", teacher="gptoss", correct=[1] * 20, tokens=20,
+              train_tokens=400, data_path=[str(comp_dir)])
     efforts = {"gptoss-low": dict(of="gptoss", effort="low", of_effort="high", traces=low, of_traces=high)}
     paths = run_report(root, tmp_path / "out", efforts=efforts)
-    (row,) = list(csv.DictReader(open(paths["compression"]["csv"])))
+    compressor, row = list(csv.DictReader(open(paths["compression"]["csv"])))
+    assert (compressor["kind"], compressor["mean_rho_chars"], compressor["mean_rho_tokens"]) == ("compressor", "0.3", "")
     chars, tokens, lost = by_hand()
     assert (row["kind"], row["teacher"], row["compressor"]) == ("teacher_effort", "gptoss", "effort:low (gptoss-low)")
     assert float(row["mean_rho_chars"]) == pytest.approx(statistics.fmean(chars), abs=1e-4)
@@ -117,7 +126,8 @@ def test_compression_table_shows_the_effort_row(effort_pair, tmp_path):
     assert md.splitlines()[0].endswith("| dropped | errors | unpaired | kept_only_at_effort |")
     assert (f"| gptoss | effort:low (gptoss-low) | teacher effort vs high | 6 | 4 | {statistics.fmean(chars):.3f} |"
             in md)
-    assert json.loads(open(paths["json"]).read())["compression"][0]["effort_samples"] == 5
+    assert "| gptoss | llama | retry | 10 | 9 | 0.300 | 0.370 | - | - | 0.400 | - | 1 | 0 | - | - |" in md
+    assert json.loads(open(paths["json"]).read())["compression"][1]["effort_samples"] == 5
 
 
 def test_report_refuses_an_effort_pair_in_the_wrong_order(effort_pair, tmp_path):
