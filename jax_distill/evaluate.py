@@ -20,10 +20,18 @@ held-out problems, fails in seconds, before any generation. Each part's result (
 task) is saved under `<output_dir>/partial/` as soon as it is done, stamped with what it depends on (the
 checkpoint's files, dtypes and that part's config); a rerun after a crash reuses the stamped parts and
 computes only the rest. The folder is removed once eval_results.json is written.
+
+Several hosts (a TPU slice, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID as for
+training: parallel/distributed.py) run the same command: the runtime is joined before the mesh is built,
+so the mesh spans every host's devices and each batch's rows are split over all of them. Every host
+reads the same inputs and builds the same batches (jax.device_put checks that they agree), host 0
+decides which finished parts are reused, and only host 0 writes; the others wait for its write at a
+barrier (a dead host ends the wait through the heartbeat timeout). The numbers are the one-host numbers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -35,16 +43,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jax
 from ml_collections import ConfigDict
 
 from jax_distill import checks, storage
 from jax_distill.engines.base import STOP_REASONS
 from jax_distill.eval_tasks import (BENCHMARK_TASKS, METRICS, SOURCES, TASKS, MCDoc, load_task, score_docs, task_file,
                                    task_records)
+from jax_distill.parallel import distributed
 from jax_distill.sampling_params import SamplingParams, sampling_config, validate_sampling
 from jax_distill.scoring import loglikelihood
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("jax_distill.evaluate")  # not __name__: "__main__" under python -m, below INFO
 
 
 # ----------------------------------------------------------------------------- config
@@ -222,7 +232,10 @@ def evaluate_generation(engine, problems, gen_cfg: ConfigDict) -> tuple[dict, li
     from jax_distill.problems import check_answers, extract_answer
 
     requests = [[{"role": "user", "content": p.question}] for p in problems]
-    completions = engine.generate(requests, SamplingParams.from_config(gen_cfg.sampling))
+    params = SamplingParams.from_config(gen_cfg.sampling)
+    if params.seed is None:  # unseeded: one random seed, host 0's, so that every host draws the same samples
+        params = dataclasses.replace(params, seed=distributed.host0_json(int.from_bytes(os.urandom(4), "big") >> 1))
+    completions = engine.generate(requests, params)
     samples = []
     for p, outs in zip(problems, completions):
         for j, c in enumerate(outs):
@@ -266,11 +279,15 @@ def _jsonable(x):
 
 class Partial:
     """Finished parts of an evaluation under <output_dir>/partial/<part>.json, each stamped with what it
-    depends on; `get` returns a part's result only when its stamp matches."""
+    depends on; `get` returns a part's result only when its stamp matches. Host 0 reads and writes them:
+    every host gets its answer, so all compute the same parts (a host that reused a part the others
+    compute would leave them waiting in its collectives)."""
 
     def __init__(self, out_dir: str | Path, config: ConfigDict):
         self.dir = os.path.join(str(out_dir), "partial")  # local or gs://
-        storage.makedirs(self.dir)
+        self.writer = jax.process_index() == 0
+        if self.writer:
+            storage.makedirs(self.dir)
         keys = ("checkpoint", "tokenizer", "dtype", "compute_dtype")
         self.common = {"model": {k: config[k] for k in keys}, "files": checkpoint_files(config.checkpoint)}
 
@@ -278,9 +295,13 @@ class Partial:
         blob = json.dumps([self.common, part_config], sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()
 
-    def get(self, part: str, part_config: Any) -> dict | None:
+    def get(self, part: str, part_config: Any, needs: str = "") -> dict | None:
+        """The saved result (None: compute it), host 0's on every host; `needs`: a file the part also wrote."""
+        return distributed.host0_json(self._read(part, part_config, needs) if self.writer else None)
+
+    def _read(self, part: str, part_config: Any, needs: str) -> dict | None:
         path = os.path.join(self.dir, f"{part}.json")
-        if not storage.exists(path):
+        if not storage.exists(path) or (needs and not storage.exists(needs)):
             return None
         saved = json.loads(storage.read_bytes(path))
         if saved.get("stamp") != self.stamp(part_config):
@@ -290,11 +311,14 @@ class Partial:
         return saved["result"]
 
     def put(self, part: str, part_config: Any, result: dict) -> None:
-        storage.write_atomic(os.path.join(self.dir, f"{part}.json"),
-                             json.dumps({"stamp": self.stamp(part_config), "result": _jsonable(result)}, ensure_ascii=False))
+        if self.writer:
+            storage.write_atomic(os.path.join(self.dir, f"{part}.json"),
+                                 json.dumps({"stamp": self.stamp(part_config), "result": _jsonable(result)},
+                                            ensure_ascii=False))
 
     def remove(self) -> None:
-        storage.remove_tree(self.dir)
+        if self.writer:
+            storage.remove_tree(self.dir)
 
 
 def checkpoint_files(checkpoint: str) -> list:
@@ -316,9 +340,12 @@ def run(config: ConfigDict) -> dict:
     from jax_distill.engines.jax_engine import JaxEngine, load_model
 
     validate(config)
+    distributed.initialize()  # before anything asks jax about devices: the mesh spans every host's
+    writer = jax.process_index() == 0  # the one host that writes (the others compute the same)
     out_dir = config.output_dir  # local or gs://
     storage.probe(out_dir)
-    storage.makedirs(out_dir)
+    if writer:
+        storage.makedirs(out_dir)
     start = time.time()
     problems = []
     if config.generation.enabled:
@@ -347,9 +374,9 @@ def run(config: ConfigDict) -> dict:
     }
     if config.generation.enabled:
         part = {k: config[k].to_dict() for k in ("problems", "chat", "generation")}
-        metrics = partial.get("generation", part)
         samples_path = os.path.join(out_dir, "eval_samples.jsonl")
-        if metrics is not None and storage.exists(samples_path):
+        metrics = partial.get("generation", part, needs=samples_path)
+        if metrics is not None:
             results["generation"] = metrics
         else:
             student, tokenizer, rules = model()
@@ -360,7 +387,8 @@ def run(config: ConfigDict) -> dict:
             metrics["seconds"] = round(time.time() - t, 2)
             metrics["problems"] = problem_report.get("split", {})
             results["generation"] = metrics
-            storage.write_atomic(samples_path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+            if writer:
+                storage.write_atomic(samples_path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
             partial.put("generation", part, metrics)
         o = results["generation"]["overall"]
         log.info(
@@ -381,11 +409,14 @@ def run(config: ConfigDict) -> dict:
                 partial.put(f"mc_{task}", mc_part, res)
             results["multiple_choice"][task] = res
     results["seconds"] = round(time.time() - start, 2)
+    results["hosts"] = {"processes": jax.process_count(), "devices": jax.device_count()}
     results = _jsonable(results)
     path = os.path.join(out_dir, "eval_results.json")
-    storage.write_atomic(path, json.dumps(results, indent=2, ensure_ascii=False))
-    partial.remove()
-    log.info("wrote %s", path)
+    if writer:
+        storage.write_atomic(path, json.dumps(results, indent=2, ensure_ascii=False))
+        partial.remove()
+        log.info("wrote %s", path)
+    distributed.barrier("eval_results.json written")  # no host exits before host 0 has written
     return results
 
 

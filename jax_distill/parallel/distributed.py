@@ -15,8 +15,10 @@ Rerunning the command on every host resumes from the last complete checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
+from typing import Any
 
 import jax
 import numpy as np
@@ -104,6 +106,21 @@ def host0_value(value: float) -> float:
     from jax.experimental import multihost_utils
 
     return float(multihost_utils.broadcast_one_to_all(np.asarray(value, np.float32)))
+
+
+def host0_json(value: Any) -> Any:
+    """Host 0's `value` (anything json.dumps takes) on every host: for decisions that must agree everywhere
+    (which saved parts to reuse, a random seed) although only host 0 reads the files or draws."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    blob = json.dumps(value).encode() if jax.process_index() == 0 else b""
+    size = int(multihost_utils.broadcast_one_to_all(np.asarray(len(blob), np.int64)))
+    data = np.zeros(size, np.uint8)
+    if blob:
+        data[:] = np.frombuffer(blob, np.uint8)
+    return json.loads(bytes(multihost_utils.broadcast_one_to_all(data)))
 
 
 def barrier(name: str) -> None:
