@@ -1,7 +1,8 @@
 """Trace stages on a Ray cluster (traces/dispatch.py): a local Ray cluster started here (2 CPUs, a temporary
 directory, shut down at the end), generate and compress on 2 CPU actors write the same records, files and
 done markers as a run in this process; an actor SIGKILLed mid-run (as by the OOM killer or a lost node)
-costs only its chunk, which another actor redoes: the full set, no id twice."""
+costs only its chunk, which another actor redoes: the full set, no id twice. The vLLM engine on a Ray
+actor is tested in tests/test_vllm_engine.py, beside the offline run it must equal (one vLLM driver)."""
 
 import json
 import logging
@@ -20,6 +21,7 @@ ray = pytest.importorskip("ray")
 from jax_distill import engines  # noqa: E402
 from jax_distill.cli import load_config  # noqa: E402
 from jax_distill.traces import compress, generate, store  # noqa: E402
+from stage_folders import contents  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 GEN = {"problems.synthetic.num": 400, "sampling.n": 2, "chunk_size": 24}  # 354 train problems, 15 chunks
@@ -44,22 +46,6 @@ def cluster():
 
 def gen_cfg(out, **overrides):
     return load_config(str(ROOT / "configs/traces/generate.py"), {"out_dir": str(out), **GEN, **overrides})
-
-
-def contents(out):
-    """Every record (meta without its time), error and done marker (ids, counts, lines) of a stage folder, by file."""
-    out = Path(out)
-    recs = {}
-    for f in store.chunk_files(str(out)):
-        recs[os.path.basename(f)] = [{**r, "meta": {k: v for k, v in r["meta"].items() if k != "time"}}
-                                     for r in store.read_records(f)]
-    done = {}
-    for p in out.glob("*.done.json"):
-        info = json.loads(p.read_text())
-        # times differ, and with them the bytes of the files that hold them: lines are compared
-        done[p.name] = {**{k: v for k, v in info.items() if k != "time"},
-                        "files": {f: entry["lines"] for f, entry in info["files"].items()}}
-    return recs, done, store.read_errors(str(out))
 
 
 def ids_of(out):
@@ -125,31 +111,6 @@ def test_actor_deaths_past_the_limit_fail_the_run(cluster, tmp_path):
                                                         "problems.synthetic.num": 40}),
                      engine=DiesAlways("", ""))
     assert not list((tmp_path / "out").glob("*.done.json"))
-
-
-def test_vllm_engine_on_a_ray_actor_equals_a_local_run(tmp_path):
-    """The vLLM CPU build (.venv-vllm) through the same path: one actor builds the engine from the config
-    (num_gpus 0 here: the engine's tensor_parallel_size on GPU hosts), its records equal a local run's."""
-    # see test_an_actor_the_cluster_cannot_place_fails_at_once: the default num_gpus would ask for 1 GPU
-    import vllm_venv
-    from hf_tiny import save_tiny_model
-
-    vllm_venv.require()
-    model = save_tiny_model("qwen3", tmp_path / "qwen3", head_dim=32, max_position_embeddings=2048)
-    overrides = {"problems.synthetic.num": 12, "problems.synthetic.steps": 1, "sampling.n": 2,
-                 "sampling.max_tokens": 16, "sampling.temperature": 1.0, "keep": "all", "chunk_size": 5,
-                 "engine.kind": "vllm", "engine.model": str(model), "engine.reasoning": "none",
-                 "engine.vllm.dtype": "float32", "engine.vllm.max_model_len": 2048, "engine.vllm.enforce_eager": True,
-                 "engine.vllm.gpu_memory_utilization": 0.1, "dispatch.num_cpus": 1.0, "dispatch.num_gpus": 0.0}
-    spec = {"config": str(ROOT / "configs/traces/generate.py"), "overrides": overrides, "out": str(tmp_path / "out.json"),
-            "ray_out": str(tmp_path / "ray"), "local_out": str(tmp_path / "local")}
-    vllm_venv.run_driver("ray_vllm_driver.py", spec, tmp_path / "spec.json")
-    results = json.loads((tmp_path / "out.json").read_text())
-    assert results["ray"]["total"] == results["local"]["total"] and results["ray"]["balanced"]
-    assert results["ray"]["total"]["generated"] == 2 * results["ray"]["problems_in_shard"] > 0
-    recs, done, errors = contents(tmp_path / "ray")
-    assert (recs, done, errors) == contents(tmp_path / "local") and len(done) >= 2
-    assert {r["meta"]["engine"] for rs in recs.values() for r in rs} == {"vllm"}
 
 
 def test_an_actor_the_cluster_cannot_place_fails_at_once(cluster, tmp_path):

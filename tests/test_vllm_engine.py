@@ -3,7 +3,8 @@ with the locally trained tokenizer: generate and compress through the stages, re
 token counts match the tokenizer. vLLM runs in its own venv, so the stages run in a subprocess
 (tests/vllm_driver.py) with one LLM instance for the whole module. Then the same model behind vLLM's
 OpenAI-compatible server (one for the module, started after the offline run: one vLLM at a time) and the
-OpenAI client must give the offline records; and a tiny Qwen3.5 generates through vLLM. Skipped only
+OpenAI client must give the offline records; the same generate on one Ray actor (traces/dispatch.py, a
+local Ray cluster in the driver) must too; and a tiny Qwen3.5 generates through vLLM. Skipped only
 when .venv-vllm is absent and JAX_DISTILL_REQUIRE_VLLM is unset (CI sets it, so a missing vLLM fails)."""
 
 import contextlib
@@ -20,6 +21,7 @@ import vllm_venv
 from hf_tiny import save_tiny_model, tokenizer_dir
 from jax_distill.cli import load_config
 from jax_distill.traces import compress, generate, store
+from stage_folders import contents
 from vllm_venv import ROOT, VLLM_ENV, VLLM_PYTHON
 
 vllm_venv.require()
@@ -29,9 +31,16 @@ GEN = {"problems.synthetic.num": 12, "problems.synthetic.steps": 1, "sampling.n"
 COMPRESS = {"compressor.kind": "engine", "compressor.sampling.max_tokens": 32, "policy": "retry", "retries": 1}
 
 
+def vllm_engine(model: Path, dtype: str = "float32", max_model_len: int = 2048) -> dict:
+    """The engine config the driver builds its one LLM from (and a Ray actor its own)."""
+    return {"engine.kind": "vllm", "engine.model": str(model), "engine.reasoning": "none", "engine.vllm.dtype": dtype,
+            "engine.vllm.max_model_len": max_model_len, "engine.vllm.enforce_eager": True,
+            "engine.vllm.gpu_memory_utilization": 0.1}
+
+
 def run_driver(tmp: Path, spec: dict) -> dict:
     """tests/vllm_driver.py in .venv-vllm on `spec` (one LLM for all its runs) -> its results."""
-    spec = {"gpu_memory_utilization": 0.1, "out": str(tmp / "results.json"),
+    spec = {"out": str(tmp / "results.json"),
             "generate_config": str(ROOT / "configs/traces/generate.py"),
             "compress_config": str(ROOT / "configs/traces/compress.py"), **spec}
     vllm_venv.run_driver("vllm_driver.py", spec, tmp / "spec.json")
@@ -47,14 +56,19 @@ def vllm_run(tmp_path_factory):
     generate.run(load_config(str(ROOT / "configs/traces/generate.py"),
                              {"out_dir": str(tmp / "proc"), "problems.synthetic.num": 8, "sampling.n": 1,
                               "problems.synthetic.steps": 1, "engine.procedural.wrong_rate": 0.0}))
+    engine = vllm_engine(model)
+    generate_a = {**GEN, "out_dir": str(tmp / "gen_a"), "student_tokenizer": tok}
     spec = {
-        "model": str(model), "too_long": True,
-        "generate_a": {**GEN, "out_dir": str(tmp / "gen_a"), "student_tokenizer": tok},
-        "generate_b": {**GEN, "out_dir": str(tmp / "gen_b"), "student_tokenizer": tok},
+        "model": str(model), "engine": engine, "too_long": True, "generate_a": generate_a,
+        "generate_b": {**generate_a, "out_dir": str(tmp / "gen_b")},
+        # one actor builds its own engine from the config; num_gpus 0: the default (-1, the engine's
+        # tensor_parallel_size, as on GPU hosts) would ask this CPU-only cluster for 1 GPU
+        "generate_ray": {**generate_a, **engine, "out_dir": str(tmp / "gen_ray"), "dispatch.kind": "ray",
+                         "dispatch.actors": 1, "dispatch.num_cpus": 1.0, "dispatch.num_gpus": 0.0},
         "compress": {**COMPRESS, "in_dir": str(tmp / "proc"), "out_dir": str(tmp / "comp"), "student_tokenizer": tok},
     }
-    spec["runs"] = [["generate_a", "generate", spec["generate_a"]], ["generate_b", "generate", spec["generate_b"]],
-                    ["compress", "compress", spec["compress"]]]
+    spec["runs"] = [[name, name.split("_")[0], spec[name]]
+                    for name in ("generate_a", "generate_b", "generate_ray", "compress")]
     return tmp, spec, run_driver(tmp, spec)
 
 
@@ -86,6 +100,21 @@ def test_vllm_generate_records_and_token_counts(vllm_run):
     strip = lambda rs: sorted((r["id"], r["answer"], r["meta"]["completion_tokens"]) for r in rs)  # noqa: E731
     assert strip(records) == strip(store.read_records(str(tmp / "gen_b")))
     assert len({r["answer"] for r in records}) > len(records) // 2  # samples differ
+
+
+def test_vllm_generate_on_a_ray_actor_equals_offline_engine(vllm_run):
+    """generate_a again with dispatch.kind=ray: the actor's engine writes the driver's files, records
+    (sampled texts, token counts, seeds), errors and done markers, each id once."""
+    tmp, _, results = vllm_run
+    ray_run, offline = results["generate_ray"], results["generate_a"]
+    assert ray_run["balanced"] and ray_run["total"] == offline["total"]
+    assert ray_run["total"]["generated"] == 2 * ray_run["problems_in_shard"] > 0
+    recs, done, errors = contents(tmp / "gen_ray")
+    assert (recs, done, errors) == contents(tmp / "gen_a") and len(done) >= 2
+    ids = [r["id"] for rs in recs.values() for r in rs]
+    assert len(ids) == len(set(ids)) == ray_run["total"]["kept"]
+    assert {r["meta"]["engine"] for rs in recs.values() for r in rs} == {"vllm"}
+    assert not list((tmp / "gen_ray").glob("*.tmp*"))
 
 
 def test_vllm_refuses_over_long_prompt_alone(vllm_run):
@@ -125,7 +154,7 @@ def test_vllm_qwen3_5_generate(tmp_path):
 
     model = save_tiny_model("qwen3_5", tmp_path / "qwen3_5")
     cfg = {**GEN, "problems.synthetic.num": 4, "sampling.n": 1, "out_dir": str(tmp_path / "gen")}
-    results = run_driver(tmp_path, {"model": str(model), "dtype": "bfloat16", "max_model_len": 512,
+    results = run_driver(tmp_path, {"model": str(model), "engine": vllm_engine(model, "bfloat16", 512),
                                     "runs": [["generate", "generate", cfg]]})
     total = results["generate"]["total"]
     assert results["generate"]["balanced"] and total["generated"] == results["generate"]["problems"] > 0
