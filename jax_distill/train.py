@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -167,7 +168,9 @@ def run(config: ConfigDict, hooks: Sequence[Hook] = ()) -> dict:
     tok_dir = student_lib.tokenizer_path(c.model.path, t.tokenizer)
     tokenizer = _tokenizer(tok_dir)
     shards, n_shards = distributed.host_shards(t.data_shards, t.batch_size)
-    steps = total_steps(c, tokenizer, shards, n_shards)
+    steps, rows = total_steps(c, tokenizer, shards, n_shards)
+    if t.fit_rows:
+        t.batch_size = fitted_rows(c, rows, n_shards, rules.shards("batch"))
     dataset, stats = _host_dataset(c.data, tokenizer, t, shards, n_shards)
     iterator = iter(dataset)
     tx, schedule = optim.make(c.optim, steps)
@@ -208,14 +211,34 @@ def run(config: ConfigDict, hooks: Sequence[Hook] = ()) -> dict:
     return summary
 
 
-def total_steps(config: ConfigDict, tokenizer, shards: range, n_shards: int) -> int:
-    """train.steps, or one pass over the data times data.num_epochs (the fewest batches of any shard)."""
+def total_steps(config: ConfigDict, tokenizer, shards: range, n_shards: int) -> tuple[int, int]:
+    """(steps, rows): train.steps, or one pass over the data times data.num_epochs (the fewest batches of
+    any shard); rows, under train.fit_rows, the most rows with examples in any batch of any shard over
+    every epoch (each epoch has its own order, so its own groups), else 0."""
     t = config.train
     if t.steps > 0:
-        return t.steps
+        return t.steps, 0
     kwargs = dict(seq_len=t.seq_len, batch_size=t.batch_size // n_shards, seed=t.seed, process_count=n_shards)
-    n = min(data_lib.count_batches(config.data, tokenizer, process_index=s, **kwargs)[0] for s in shards)
-    return distributed.host_min(n) * max(config.data.num_epochs, 1)
+    epochs = max(config.data.num_epochs, 1) if t.fit_rows else 1
+    counts = [data_lib.count_batches(config.data, tokenizer, epochs=epochs, process_index=s, **kwargs)
+              for s in shards]
+    n = distributed.host_min(min(n for n, _ in counts)) * (max(config.data.num_epochs, 1) // epochs)
+    rows = -distributed.host_min(-max(stats.max_rows for _, stats in counts)) if t.fit_rows else 0
+    return n, rows
+
+
+def fitted_rows(config: ConfigDict, shard_rows: int, n_shards: int, batch_devices: int) -> int:
+    """train.fit_rows: the fewest global rows per step that hold every step's examples (`shard_rows` per
+    data shard), rounded up so the shards, grad_accum and the mesh's batch devices divide them, and never
+    more than train.batch_size. The loss is a mean over loss tokens, so padding rows only cost compute:
+    the same updates, a smaller step (what a shorter variant's training saves under budget=examples)."""
+    t = config.train
+    multiple = math.lcm(t.grad_accum, batch_devices)
+    per_shard = multiple // math.gcd(multiple, n_shards)  # n_shards * r must divide by `multiple`
+    rows = min(n_shards * -(-max(shard_rows, 1) // per_shard) * per_shard, t.batch_size)
+    print(f"train.fit_rows: {rows} rows per step (of batch_size {t.batch_size}) hold every step's "
+          f"{config.data.examples_per_step} examples", file=sys.stderr, flush=True)
+    return rows
 
 
 def _host_dataset(data: ConfigDict, tokenizer, t: ConfigDict, shards: range, n_shards: int):
@@ -356,6 +379,7 @@ def _summary(c: ConfigDict, stu: student_lib.Student, state: TrainState, step: i
         "optimizer_steps": step,
         "examples": examples,
         "examples_per_step": examples / step if step else None,
+        "rows_per_step": c.train.batch_size,  # train.fit_rows: the fewest rows holding every step's examples
         "tokens_per_step": train_tokens / step if step else None,
         "final_loss": last_row.get("loss"),
         "skipped_steps": skipped,  # train.nonfinite=skip: updates dropped in this run of the command

@@ -86,3 +86,33 @@ def test_budget_fields_are_checked():
         validate(load_config(TINY, {**base, "train.budget": "examples"}))
     with pytest.raises(ValueError, match=r"config\.train\.budget"):
         validate(load_config(TINY, {**base, "train.budget": "epochs"}))
+
+
+def test_fit_rows_trains_the_same_updates_on_fewer_rows(twins, tmp_path):
+    """Short traces under budget=examples: fit_rows packs each step's examples into the fewest rows that
+    hold them, and the run is the same run (the loss is a mean over loss tokens), only cheaper."""
+    _, comp = twins
+    runs = {}
+    for fit in (False, True):
+        cfg = load_config(TINY, {"data.path": str(comp), "train.tokenizer": str(tokenizer_dir()),
+                                 "train.run_dir": str(tmp_path / str(fit)), "train.budget": "examples",
+                                 "train.steps": 0, "data.num_epochs": 2, "train.seq_len": 128,
+                                 "train.batch_size": 32, "train.examples_per_step": 8, "train.fit_rows": fit,
+                                 "checkpoint.every": 100})
+        summary = train.run(cfg)
+        losses = [json.loads(line)["loss"] for line in (tmp_path / str(fit) / "metrics.jsonl").read_text().splitlines()]
+        runs[fit] = summary, losses
+    (plain, plain_losses), (fitted, fitted_losses) = runs[False], runs[True]
+    # 8 short examples fit in 2 rows; the 8 CPU devices of the batch axis round that up to 8 of the 32
+    assert plain["rows_per_step"] == 32 and fitted["rows_per_step"] == 8
+    assert fitted["optimizer_steps"] == plain["optimizer_steps"] == 2 * math.ceil(N / 8)
+    assert fitted["examples"] == plain["examples"] == 2 * N
+    assert fitted["train_tokens"] == plain["train_tokens"]
+    np.testing.assert_allclose(fitted_losses, plain_losses, rtol=2e-5)
+
+
+def test_fit_rows_needs_the_examples_budget():
+    from jax_distill.training.config import validate
+
+    with pytest.raises(ValueError, match=r"config\.train\.fit_rows: needs train\.budget=examples"):
+        validate(load_config(TINY, {"train.run_dir": "x", "train.fit_rows": True}))

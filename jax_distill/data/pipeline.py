@@ -140,6 +140,7 @@ class DataStats:
     first: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # reason -> first locations
     batches: int = 0
     rows: int = 0  # rows with at least one example
+    max_rows: int = 0  # the most rows with examples in one batch (train.fit_rows sizes the batch by it)
     examples: int = 0  # examples in emitted batches (segments)
     real_tokens: int = 0  # non-pad input tokens
     loss_tokens: int = 0  # targets with loss_mask 1
@@ -174,8 +175,8 @@ class DataStats:
                     first={k: list(v) for k, v in self.first.items()})
 
     def _tokens_state(self) -> dict:
-        return dict(batches=self.batches, rows=self.rows, examples=self.examples, real_tokens=self.real_tokens,
-                    loss_tokens=self.loss_tokens, pad_tokens=self.pad_tokens)
+        return dict(batches=self.batches, rows=self.rows, max_rows=self.max_rows, examples=self.examples,
+                    real_tokens=self.real_tokens, loss_tokens=self.loss_tokens, pad_tokens=self.pad_tokens)
 
     def _load(self, state: dict) -> None:
         for k, v in copy.deepcopy(state).items():
@@ -381,6 +382,7 @@ class _FinishIterator(grain.DatasetIterator):
         real = int((out["segment_ids"] > 0).sum())
         s.batches += 1
         s.rows += rows
+        s.max_rows = max(s.max_rows, rows)
         s.examples += int(out["segment_ids"].max(axis=1).sum())  # segments are 1..k per row
         s.real_tokens += real
         s.pad_tokens += out["segment_ids"].size - real
@@ -565,11 +567,11 @@ def record_verdicts(cfg: ConfigDict, tokenizer, *, seq_len: int) -> list[tuple[s
     return [fmt.verdict(source[i]) for i in range(len(source))]
 
 
-def count_batches(cfg: ConfigDict, tokenizer, **kwargs) -> tuple[int, DataStats]:
-    """Batches in one epoch of this host's data (a full formatting pass; for schedules that need
-    the number of steps). Takes make_dataset's keyword arguments."""
+def count_batches(cfg: ConfigDict, tokenizer, epochs: int = 1, **kwargs) -> tuple[int, DataStats]:
+    """Batches in `epochs` epochs of this host's data (a full formatting pass; for schedules that need
+    the number of steps, and train.fit_rows: stats.max_rows). Takes make_dataset's keyword arguments."""
     one = ConfigDict(cfg.to_dict())
-    one.num_epochs = 1
+    one.num_epochs = epochs
     ds, stats = make_dataset(one, tokenizer, **kwargs)
     n = sum(1 for _ in iter(ds))
     return n, stats

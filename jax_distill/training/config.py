@@ -99,10 +99,15 @@ def default_config() -> ConfigDict:
     #   steps     train.steps, whatever the data (data.num_epochs 0 repeats it)
     # Default examples: the paper's recipe is "one epoch" per run, with no token budget, i.e. one pass over
     # the same examples per variant at a fixed batch of examples, which is what examples gives. Steps of
-    # equal shape cost the same, so under examples a shorter variant trains no faster: the report's
-    # training speedup then reflects padding, compare train tokens instead (or budget tokens for time).
+    # equal shape cost the same, so under examples a shorter variant trains no faster unless
+    # train.fit_rows shrinks its steps to the rows its examples fill (else the report's training speedup
+    # reflects padding: compare train tokens instead, or budget tokens for time).
     c.train.budget = "examples"
     c.train.examples_per_step = 0  # budget examples: examples per optimizer step (global); 0 = batch_size
+    # budget examples: each step as few rows as hold its examples (counted over every epoch at start,
+    # at most batch_size), so shorter variants take the same updates for less compute (the loss is a mean
+    # over loss tokens: padding rows change nothing else); train_summary.json records the rows
+    c.train.fit_rows = False
     c.train.steps = 0  # budget steps: the number of optimizer steps (> 0); else 0 (counted at start)
     c.train.seed = 0  # data order, LoRA init, dropout
     c.train.log_every = 10  # progress line every N steps (metrics.jsonl gets every step)
@@ -189,6 +194,11 @@ def validate(c: ConfigDict) -> None:
     _count(c, "train.examples_per_step", 0)
     checks.need((t.steps > 0) == (t.budget == "steps"), "train.steps",
                 f"must be > 0 with train.budget=steps and 0 otherwise (train.budget={t.budget!r}, steps={t.steps})")
+    checks.is_type(c, "train.fit_rows", bool)
+    checks.need(not t.fit_rows or t.budget == "examples", "train.fit_rows",
+                f"needs train.budget=examples (under {t.budget!r} rows are filled by tokens)")
+    checks.need(not t.fit_rows or c.data.num_epochs > 0, "train.fit_rows",
+                "needs data.num_epochs > 0 (the rows are counted over every epoch at start)")
     per_step = examples_per_step(c)
     checks.need(c.data.examples_per_step in (0, per_step), "data.examples_per_step",
                 f"is set from train.budget / train.examples_per_step ({per_step}); got {c.data.examples_per_step}")
