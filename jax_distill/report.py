@@ -62,7 +62,7 @@ from ml_collections import ConfigDict
 from jax_distill import checks, storage, uncertainty
 from jax_distill.records import iter_records, markdown_table
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("jax_distill.report")  # not __name__: under python -m it is __main__, below INFO
 
 KEY = ("teacher", "student", "method", "variant")
 ROW = KEY[:3]  # a table row: one teacher/student/method, variants side by side

@@ -38,7 +38,7 @@ from jax_distill.training import state as state_lib
 from jax_distill.training import student as student_lib
 from jax_distill.training.state import TrainState
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("jax_distill.train")  # not __name__: under python -m it is __main__, below INFO
 
 
 class Hook(Protocol):
